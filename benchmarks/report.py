@@ -1,0 +1,35 @@
+"""Shared by the benchmark scripts: each one owns a section of BENCHMARKS.md and rewrites only it."""
+
+from __future__ import annotations
+
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+
+
+def machine() -> str:
+    """One line naming the machine the figures come from."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    cores = len(__import__("os").sched_getaffinity(0))
+    return f"{platform.processor() or platform.machine()} CPU, {cores} cores, torch {torch.__version__}"
+
+
+def write_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace the section between ``<!-- begin name -->`` and ``<!-- end name -->`` (append if new)."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{markdown.strip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section is rewritten by the script it names.\n"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
