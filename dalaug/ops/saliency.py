@@ -1,0 +1,156 @@
+"""Spectral-residual saliency and SaliencyMix, batched on the batch's device.
+
+- Saliency: Hou & Zhang, "Saliency Detection: A Spectral Residual Approach", CVPR 2007, computed as
+  OpenCV's ``StaticSaliencySpectralResidual`` does (gray, bilinear resize to 64 x 64, log amplitude
+  minus its 3 x 3 mean, phase kept, inverse FFT, magnitude, 5 x 5 Gaussian blur with sigma 8, then
+  squared and divided by its maximum).
+- SaliencyMix: Uddin, Monira, Shin, Chung, Bae, "SaliencyMix: A Saliency Guided Data Augmentation
+  Strategy for Better Regularization", ICLR 2021. CutMix whose box is centred on the most salient
+  pixel of the image the patch comes from.
+
+The official SaliencyMix code runs OpenCV's fine-grained saliency on one image of the batch and uses
+one box for the whole batch; ``SaliencyMix(per_sample=False)`` reproduces that recipe with the
+spectral-residual map, and the default computes a map and a box for every partner image at once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from kornia.color import rgb_to_grayscale
+from kornia.filters import box_blur, gaussian_blur2d
+from torch import Tensor
+
+from dalaug.ops.base import Partner, check_count, check_images
+from dalaug.ops.mixing import CutMix
+
+SALIENCY_SIZE = 64
+
+
+def spectral_residual_saliency(images: Tensor, size: int = SALIENCY_SIZE) -> Tensor:
+    """Spectral-residual saliency maps of a batch, at ``size`` x ``size`` resolution.
+
+    The gray image is first shifted so that its minimum is 0. That changes only the DC term of
+    the spectrum, and makes the map the same for a photo and for its normalised version (whose
+    mean is near 0, where the log amplitude at DC would be meaningless).
+
+    Args:
+        images: float (N, 3, H, W) RGB or (N, 1, H, W) gray, any value range.
+        size: side of the square map; OpenCV uses 64.
+
+    Returns:
+        float32 (N, size, size), each map scaled to a maximum of 1. Resize it bilinearly to
+        (H, W) to get OpenCV's full-resolution map.
+
+    Example:
+        >>> import torch
+        >>> spectral_residual_saliency(torch.rand(2, 3, 96, 128)).shape
+        torch.Size([2, 64, 64])
+    """
+    check_images(images)
+    check_count("size", size, minimum=3)
+    if images.shape[1] == 3:
+        gray = rgb_to_grayscale(images.float())
+    elif images.shape[1] == 1:
+        gray = images.float()
+    else:
+        raise ValueError(f"images must have 1 or 3 channels, got {images.shape[1]}")
+    gray = gray - gray.amin(dim=(-2, -1), keepdim=True)
+    small = F.interpolate(gray, size=(size, size), mode="bilinear", align_corners=False)
+    spectrum = torch.fft.fft2(small)
+    tiny = torch.finfo(torch.float32).tiny
+    log_amplitude = spectrum.abs().clamp_min(tiny).log()
+    # exp(residual + i·phase) = spectrum / |spectrum| · exp(log A - mean3x3(log A))
+    #                         = spectrum · exp(-mean3x3(log A)).
+    residual = spectrum * torch.exp(-box_blur(log_amplitude, 3, border_type="reflect"))
+    magnitude = torch.fft.ifft2(residual).abs()
+    # OpenCV blurs the magnitude and squares afterwards (the paper squares first); follow OpenCV.
+    saliency = gaussian_blur2d(magnitude, (5, 5), (8.0, 8.0), border_type="reflect").square()
+    saliency = saliency / saliency.amax(dim=(-2, -1), keepdim=True).clamp_min(tiny)
+    return saliency[:, 0]
+
+
+def saliency_peaks(images: Tensor, size: int = SALIENCY_SIZE) -> Tensor:
+    """Full-resolution pixel (row, col) of each image's saliency maximum, int64 (N, 2).
+
+    The maximum is taken on the ``size`` x ``size`` map and its cell centre mapped back to the
+    image, so the peak is found without resizing the map.
+
+    Example:
+        >>> import torch
+        >>> saliency_peaks(torch.rand(2, 3, 96, 128)).shape
+        torch.Size([2, 2])
+    """
+    saliency = spectral_residual_saliency(images, size)
+    height, width = images.shape[-2:]
+    flat = saliency.flatten(1).argmax(dim=1)
+    row, col = flat // size, flat % size
+    # Centre of cell k of `size` cells over n pixels: floor((k + 1/2) · n / size), in integers.
+    return torch.stack(
+        [(2 * row + 1) * height // (2 * size), (2 * col + 1) * width // (2 * size)], 1
+    )
+
+
+class SaliencyMix(CutMix):
+    """CutMix with the box centred on the partner image's spectral-residual saliency peak.
+
+    λ ~ Beta(α, α) sets the box sides as in CutMix; the box is centred on the most salient pixel of
+    the image the patch comes from, clipped, and λ is recomputed as the exact share of pixels kept.
+
+    Args:
+        alpha: λ ~ Beta(alpha, alpha); alpha > 0.
+        num_classes: number of classes; required when targets are class indices.
+        p: probability of mixing (per batch, or per sample when ``per_sample``).
+        label_smoothing: s in [0, 1) for the soft targets.
+        per_sample: True (default): one λ, one saliency map and one box per sample, all computed
+            in one batched pass. False: the official recipe, one λ and one box for the whole
+            batch, centred on the saliency peak of the partner of sample 0.
+        partner: "flip" (sample i takes from N - 1 - i) or "permute" (a random permutation, as in
+            the official code).
+        inplace: paste into ``images`` instead of returning a new tensor.
+        seed: seeds the operator's generators (see ``BatchOp``).
+
+    ``sample`` returns ``BoxParams``.
+
+    Example:
+        >>> import torch
+        >>> from dalaug.ops import SaliencyMix
+        >>> mix = SaliencyMix(alpha=1.0, num_classes=10, seed=0)
+        >>> images, soft = mix(torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+        >>> soft.shape
+        torch.Size([8, 10])
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        num_classes: int | None = None,
+        *,
+        p: float = 1.0,
+        label_smoothing: float = 0.0,
+        per_sample: bool = True,
+        partner: Partner = "flip",
+        inplace: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(
+            alpha,
+            num_classes,
+            p=p,
+            label_smoothing=label_smoothing,
+            per_sample=per_sample,
+            partner=partner,
+            inplace=inplace,
+            seed=seed,
+        )
+
+    def _centres(
+        self, images: Tensor, partner: Tensor, n: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """Saliency peaks (n,) each of the partner images (of sample 0's partner when n = 1)."""
+        if n == 1:
+            peaks = saliency_peaks(images.index_select(0, partner[:1]))
+        else:
+            # One map per image, then gathered by partner: each image's map is computed once.
+            peaks = saliency_peaks(images).index_select(0, partner)
+        return peaks[:, 0], peaks[:, 1]
