@@ -115,7 +115,9 @@ def write_digits(
         for rank, index in enumerate(indices):
             folder = (train_dir if rank < n_train else test_dir) / str(label)
             folder.mkdir(parents=True, exist_ok=True)
-            image = image_module.fromarray(pixels[index]).resize((size, size), image_module.BILINEAR)
+            image = image_module.fromarray(pixels[index]).resize(
+                (size, size), image_module.BILINEAR
+            )
             image.convert("RGB").save(folder / f"{index:04d}.jpg", quality=95)
     stamp.touch()
     return train_dir, test_dir

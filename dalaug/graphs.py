@@ -8,22 +8,13 @@ eval:  read -> decode -> resize shorter side -> centre crop + normalize
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from nvidia.dali import fn, pipeline_def, types
 
+from dalaug.feed import EpochFeed
 from dalaug.policies import PolicyLike
-from dalaug.sources import (
-    WEBDATASET_IMAGE_EXT,
-    WEBDATASET_LABEL_EXT,
-    FileSource,
-    Source,
-    WebDatasetSource,
-)
-
-READER_NAME = "reader"
-# WebDataset class indices arrive as ASCII bytes; padded to this many bytes they batch as a tensor.
-LABEL_BYTES = 12
 
 
 @dataclass(frozen=True)
@@ -43,51 +34,48 @@ class GraphSpec:
     roi_decode: bool  # decode only the crop window; False: full decode + random_resized_crop
 
 
-@dataclass(frozen=True)
-class Sharding:
-    shard_id: int = 0
-    num_shards: int = 1
-
-
 def build_pipeline(
     spec: GraphSpec,
-    source: Source,
+    feed: EpochFeed,
     *,
-    batch_size: int,
     device_id: int | None,
     num_threads: int,
     seed: int,
-    reader_seed: int,
-    sharding: Sharding,
     prefetch: int = 2,
     checkpoint: str | None = None,
 ):
-    """Build (not yet run) the DALI pipeline for ``spec`` on the GPU ``device_id`` or the CPU (None).
+    """Build the DALI pipeline for ``spec`` on the GPU ``device_id`` or the CPU (None).
 
-    ``seed`` drives augmentation and differs per rank; ``reader_seed`` drives the shuffle and must
-    be equal on every rank so that the shards of one epoch partition the data set.
+    Outputs ``images`` (NCHW), ``labels`` (int32) and ``ids`` (the sample ids, int64).
     """
-    pipe = _graph(
-        spec,
-        source,
-        "cpu" if device_id is None else "mixed",
-        seed,
-        reader_seed,
-        sharding,
-        batch_size=batch_size,
-        num_threads=num_threads,
-        device_id=device_id,
-        seed=seed,
-        prefetch_queue_depth=prefetch,
-        enable_checkpointing=True,
-        checkpoint=checkpoint,
-    )
+    with warnings.catch_warnings():
+        # torchvision's ImageNet policy has one op at probability 0 (kept: it is the paper's).
+        warnings.filterwarnings(
+            "ignore", message=r".*used with probability 0", category=UserWarning
+        )
+        pipe = _graph(
+            spec,
+            feed,
+            "cpu" if device_id is None else "mixed",
+            seed,
+            batch_size=feed.batch_size,
+            num_threads=num_threads,
+            device_id=device_id,
+            seed=seed,
+            prefetch_queue_depth=prefetch,
+            enable_checkpointing=True,
+            checkpoint=checkpoint,
+        )
+        pipe.build()
     return pipe
 
 
 @pipeline_def(enable_conditionals=True)
-def _graph(spec: GraphSpec, source: Source, decode_device: str, aug_seed, reader_seed, sharding):
-    encoded, labels = _read(source, spec.train, reader_seed, sharding)
+def _graph(spec: GraphSpec, feed: EpochFeed, decode_device: str, aug_seed: int):
+    encoded, labels, ids = fn.external_source(
+        source=feed, num_outputs=3, batch=True, batch_info=True,
+        dtype=[types.UINT8, types.INT32, types.INT64],
+    )  # fmt: skip
     if spec.train:
         if spec.roi_decode:
             images = fn.decoders.image_random_crop(
@@ -117,35 +105,4 @@ def _graph(spec: GraphSpec, source: Source, decode_device: str, aug_seed, reader
         dtype=types.FLOAT16 if spec.half else types.FLOAT,
         output_layout="CHW",
     )
-    if decode_device == "mixed":
-        labels = labels.gpu()
-    return images, labels
-
-
-def _read(source: Source, train: bool, reader_seed: int, sharding: Sharding):
-    # pad_last_batch: every shard reads the same number of samples, so DDP ranks get the same
-    # number of batches, and epochs never read ahead into the next one (ANCHORS.md).
-    # shuffle_after_epoch: a full permutation of the data set per epoch, identical across ranks.
-    common = dict(
-        name=READER_NAME,
-        shard_id=sharding.shard_id,
-        num_shards=sharding.num_shards,
-        pad_last_batch=True,
-        seed=reader_seed,
-    )
-    if isinstance(source, FileSource):
-        return fn.readers.file(
-            files=list(source.files),
-            labels=list(source.labels),
-            shuffle_after_epoch=train,
-            **common,
-        )
-    assert isinstance(source, WebDatasetSource)  # resolve_source returns one of the two
-    encoded, label_text = fn.readers.webdataset(
-        paths=list(source.shards),
-        ext=[WEBDATASET_IMAGE_EXT, WEBDATASET_LABEL_EXT],
-        missing_component_behavior="error",
-        random_shuffle=train,
-        **common,
-    )
-    return encoded, fn.pad(label_text, shape=(LABEL_BYTES,), fill_value=0)
+    return images, labels, ids

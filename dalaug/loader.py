@@ -8,15 +8,26 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 
 import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from dalaug.graphs import LABEL_BYTES, READER_NAME, GraphSpec, Sharding, build_pipeline
+from dalaug.feed import EpochFeed, Sharding
+from dalaug.graphs import GraphSpec, build_pipeline
 from dalaug.policies import PolicyLike, resolve_policy
-from dalaug.sources import WebDatasetSource, resolve_source
+from dalaug.sources import Samples, resolve_source
+from dalaug.verify import decode_failures
+
+
+class DecodeError(RuntimeError):
+    """A sample DALI cannot decode; ``failures`` maps each culprit's name to the reason."""
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        self.failures = failures
+        listed = "; ".join(f"{name}: {reason}" for name, reason in failures.items())
+        super().__init__(f"cannot decode {len(failures)} file(s): {listed}")
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,7 +67,7 @@ class Loader:
 
     def __init__(
         self,
-        source: str | os.PathLike | Sequence,
+        source: str | os.PathLike | Sequence | Samples,
         batch_size: int,
         *,
         train: bool = True,
@@ -101,13 +112,12 @@ class Loader:
             device=device, seed=seed, num_threads=num_threads, prefetch=prefetch,
             roi_decode=roi_decode,
         )  # fmt: skip
-        self.source = resolve_source(source)
-        self.classes: list[str] = list(self.source.classes)
+        self.samples = resolve_source(source)
+        self.classes: list[str] = list(self.samples.classes)
         self.device = _resolve_device(device)
         self.batch_size = batch_size
         self.train = train
         self.dtype = dtype
-        self.sharding = _sharding()
         self.spec = GraphSpec(
             train=train,
             crop=crop,
@@ -121,91 +131,94 @@ class Loader:
             half=dtype == torch.float16,
             roi_decode=roi_decode,
         )
+        sharding = _sharding()
+        self.feed = EpochFeed(
+            self.samples, batch_size, shuffle=train, drop_last=train, seed=seed, sharding=sharding
+        )
         self._seed = seed
-        self._num_threads = num_threads or _default_threads(self.device, self.sharding)
+        self._num_threads = num_threads or _default_threads(self.device, sharding)
         self._prefetch = prefetch
+        self.epoch = 0  # the epoch the next iteration serves
+        self.sample_ids: torch.Tensor | None = None  # ids of the batch last yielded
+        self._epochs_started = 0  # epochs this pipeline has run; DALI's epoch_idx counts them
         self._iterator = self._build()
-        self.epoch = 0
 
-    def _build(self, checkpoint: str | None = None) -> DALIGenericIterator:
+    def _build(self) -> DALIGenericIterator:
         device_id = None if self.device.type == "cpu" else self.device.index
         pipe = build_pipeline(
             self.spec,
-            self.source,
-            batch_size=self.batch_size,
+            self.feed,
             device_id=device_id,
             num_threads=self._num_threads,
-            # Augmentation differs per rank; the shuffle must agree across ranks.
-            seed=(self._seed * 1009 + self.sharding.shard_id) % 2**31,
-            reader_seed=self._seed,
-            sharding=self.sharding,
+            # Augmentation differs per rank; the epoch order (the feed's seed) agrees across ranks.
+            seed=(self._seed * 1009 + self.feed.sharding.rank) % 2**31,
             prefetch=self._prefetch,
-            checkpoint=checkpoint,
         )
-        policy = LastBatchPolicy.DROP if self.train else LastBatchPolicy.PARTIAL
+        # The feed ends each epoch itself (StopIteration); DALI's iterator just passes batches on.
         return DALIGenericIterator(
-            pipe, ["images", "targets"], reader_name=READER_NAME,
-            last_batch_policy=policy, auto_reset=True,
+            pipe, ["images", "targets", "ids"], last_batch_policy=LastBatchPolicy.PARTIAL,
+            auto_reset=False, prepare_first_batch=False,
         )  # fmt: skip
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
-        return len(self._iterator)
+        return self.feed.num_batches()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self._iterator:
-            images, targets = batch[0]["images"], batch[0]["targets"]
-            yield self._images(images), self._targets(targets)
+        """One epoch: ``(images, targets)`` batches; the next ``for`` starts the next epoch."""
+        self.feed.first_epoch = self.epoch - self._epochs_started
+        batches = iter(self._iterator)
+        iteration = 0
+        while True:
+            try:
+                batch = next(batches)[0]
+            except StopIteration:
+                break
+            except RuntimeError as error:
+                raise self._explain(error, iteration) from error
+            iteration += 1
+            self.sample_ids = batch["ids"].reshape(-1)
+            yield self._images(batch["images"]), batch["targets"].reshape(-1).long().to(self.device)
+        self._iterator.reset()
+        self._epochs_started += 1
         self.epoch += 1
+
+    def _explain(self, error: RuntimeError, iteration: int) -> Exception:
+        """Name the sample(s) behind a DALI failure in batch ``iteration`` (or the prefetched ones)."""
+        suspects = []
+        for ahead in range(self._prefetch + 1):
+            try:
+                suspects.extend(self.feed.batch_ids(self.epoch, iteration + ahead))
+            except StopIteration:
+                break
+        failures = decode_failures(self.samples, suspects)
+        if not failures:
+            return error
+        return DecodeError({self.samples.name(i): reason for i, reason in failures.items()})
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
         if self.dtype == torch.bfloat16:
             images = images.to(torch.bfloat16)
         return images
 
-    def _targets(self, targets: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.source, WebDatasetSource):
-            return _ascii_to_int(targets)
-        return targets.reshape(-1).long()
-
     def set_epoch(self, epoch: int) -> None:
-        """For code written for ``DistributedSampler``: the shuffle already advances every epoch."""
+        """Serve ``epoch`` next (its order is a pure function of the seed and the epoch)."""
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch: expected a non-negative int, got {epoch!r}")
+        self.epoch = epoch
 
     @property
     def num_samples(self) -> int:
         """Samples in the whole data set (all ranks)."""
-        return len(self.source)
+        return len(self.samples)
 
     def with_options(self, **changes) -> Loader:
-        """A new loader over the same source with some constructor arguments changed.
+        """A new loader over the same samples (no rescan) with some constructor arguments changed.
 
         Example:
             >>> clean = loader.with_options(policy=None)  # doctest: +SKIP
         """
-        options = {**self._options, **changes}
-        return Loader(self.source_argument, **options)
-
-    @property
-    def source_argument(self):
-        # Resolved sources are rebuilt from their file list, so with_options never rescans disk.
-        source = self.source
-        if isinstance(source, WebDatasetSource):
-            return list(source.shards)
-        return list(zip(source.files, source.labels, strict=True))
-
-    def close(self) -> None:
-        """Drop the DALI pipeline now (it is also dropped when the loader is garbage-collected)."""
-        self._iterator = None
-
-
-def _ascii_to_int(text: torch.Tensor) -> torch.Tensor:
-    """(B, LABEL_BYTES) zero-padded ASCII digits -> int64 (B,), on the tensor's device."""
-    digits = text.long() - ord("0")
-    present = text != 0
-    length = present.sum(dim=1, keepdim=True)
-    position = torch.arange(LABEL_BYTES, device=text.device)
-    power = (length - 1 - position).clamp(min=0)
-    return (digits * present * torch.pow(10, power)).sum(dim=1)
+        return Loader(self.samples, **{**self._options, **changes})
 
 
 def _check_int(name: str, value) -> None:
@@ -221,13 +234,17 @@ def _check_range(name: str, value, upper: float) -> None:
         and 0 < value[0] <= value[1] <= upper
     )
     if not ok:
-        raise ValueError(f"{name}: expected (low, high) with 0 < low <= high <= {upper}, got {value!r}")
+        raise ValueError(
+            f"{name}: expected (low, high) with 0 < low <= high <= {upper}, got {value!r}"
+        )
 
 
 def _check_mean_std(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
     for name, values in (("mean", mean), ("std", std)):
         if not (isinstance(values, Sequence) and len(values) == 3):
-            raise ValueError(f"{name}: expected 3 per-channel values on the 0-1 scale, got {values!r}")
+            raise ValueError(
+                f"{name}: expected 3 per-channel values on the 0-1 scale, got {values!r}"
+            )
     if not all(0 <= m <= 1 for m in mean):
         raise ValueError(f"mean: values must lie in [0, 1] (the 0-1 pixel scale), got {mean!r}")
     if not all(s > 0 for s in std):
@@ -243,11 +260,15 @@ def _resolve_device(device) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device: expected None, 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+        raise ValueError(
+            f"device: expected None, 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device: {str(device)!r} requested but CUDA is not available")
-        return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+        return torch.device(
+            "cuda", device.index if device.index is not None else torch.cuda.current_device()
+        )
     if device.type != "cpu":
         raise ValueError(f"device: expected 'cpu' or 'cuda', got {str(device)!r}")
     return device
@@ -262,9 +283,5 @@ def _sharding() -> Sharding:
 def _default_threads(device: torch.device, sharding: Sharding) -> int:
     if device.type == "cuda":
         return 4
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", sharding.num_shards))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", sharding.world_size))
     return max(1, len(os.sched_getaffinity(0)) // max(1, local))
-
-
-def replace_spec(spec: GraphSpec, **changes) -> GraphSpec:
-    return replace(spec, **changes)

@@ -19,12 +19,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nvidia.dali import types
+from nvidia.dali import fn, types
 from nvidia.dali.auto_aug import augmentations as aug
 from nvidia.dali.auto_aug import auto_augment, rand_augment, trivial_augment
 from nvidia.dali.auto_aug.core import Policy as DaliPolicy
+from nvidia.dali.auto_aug.core import augmentation
 
 INTERPOLATIONS = {"nearest": types.INTERP_NN, "bilinear": types.INTERP_LINEAR}
+
+
+# DALI 2.4's own equalize and sharpness still call the deprecated fn.experimental aliases, which
+# print a deprecation warning per process; these are the same ops on the stable names.
+@augmentation(name="equalize")
+def _equalize(data, _):
+    return fn.equalize(data)
+
+
+@augmentation(name="sharpness", param_device="auto")
+def _sharpness(data, kernel):
+    return fn.filter(data, kernel)
 
 
 def _ops(wide: bool) -> dict:
@@ -45,13 +58,13 @@ def _ops(wide: bool) -> dict:
         "Brightness": aug.brightness.augmentation((low, enhance), True, aug.shift_enhance_range),
         "Color": aug.color.augmentation((low, enhance), True, aug.shift_enhance_range),
         "Contrast": aug.contrast.augmentation((low, enhance), True, aug.shift_enhance_range),
-        "Sharpness": aug.sharpness.augmentation((low, enhance), True, aug.sharpness_kernel),
+        "Sharpness": _sharpness.augmentation((low, enhance), True, aug.sharpness_kernel),
         # Magnitude = bits kept, from 8 (identity) down, as torchvision's posterize bins.
         "Posterize": aug.posterize.augmentation(poster_bits, False, aug.poster_mask_uint8),
         # Pixels >= threshold are inverted; torchvision's thresholds run 255 -> 0.
         "Solarize": aug.solarize.augmentation((255, 0), False),
         "AutoContrast": aug.auto_contrast,
-        "Equalize": aug.equalize,
+        "Equalize": _equalize,
         "Invert": aug.invert,
     }
 
@@ -237,7 +250,9 @@ class RandAugment(_DaliPolicyBase):
         if not (isinstance(self.n, int) and self.n >= 1):
             raise ValueError(f"n: expected an int >= 1, got {self.n!r}")
         if not (isinstance(self.m, int) and 0 <= self.m < self.num_magnitude_bins):
-            raise ValueError(f"m: expected an int in [0, {self.num_magnitude_bins - 1}], got {self.m!r}")
+            raise ValueError(
+                f"m: expected an int in [0, {self.num_magnitude_bins - 1}], got {self.m!r}"
+            )
 
     @property
     def ops(self) -> list:
@@ -275,7 +290,11 @@ class TrivialAugment(_DaliPolicyBase):
 
 
 PolicyLike = AutoAugment | RandAugment | TrivialAugment
-POLICY_NAMES = {"autoaugment": AutoAugment, "randaugment": RandAugment, "trivialaugment": TrivialAugment}
+POLICY_NAMES = {
+    "autoaugment": AutoAugment,
+    "randaugment": RandAugment,
+    "trivialaugment": TrivialAugment,
+}
 
 
 def resolve_policy(policy: str | PolicyLike | None) -> PolicyLike | None:

@@ -1,7 +1,10 @@
 """Where samples come from: an ImageFolder directory, a list of (path, label), or WebDataset shards.
 
-A :class:`Source` is resolved and validated in Python before any DALI graph exists, so that a bad
-path or an empty data set is reported by name instead of as a DALI internal error.
+Every source resolves to one :class:`Samples` table (where each sample's bytes are, its label, the
+class names), validated in Python before any DALI graph exists, so a bad path or an empty data set
+is reported by name instead of as a DALI internal error. WebDataset shards are indexed once (tar
+headers and the tiny ``.cls`` members) so their samples are read by offset like plain files, and the
+same epoch order, sharding and bad-file handling apply to every kind of source.
 """
 
 from __future__ import annotations
@@ -12,73 +15,85 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 # The extensions torchvision's ImageFolder accepts (its IMG_EXTENSIONS), so both see the same files.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
-# Member extensions of a WebDataset sample that hold the image and the class index.
-WEBDATASET_IMAGE_EXT = "jpg;jpeg;png;webp"
-WEBDATASET_LABEL_EXT = "cls"
+# Member extensions of a WebDataset sample that hold the image and the class index (ASCII).
+WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+WEBDATASET_LABEL_EXTENSION = "cls"
 
 
-@dataclass(frozen=True)
-class FileSource:
-    """Image files with integer labels, read by DALI's file reader."""
+@dataclass(frozen=True, eq=False)
+class Samples:
+    """The data set as a table: sample ``i`` is ``sizes[i]`` bytes at ``offsets[i]`` of
+    ``paths[i]`` (a whole file when the offset is -1), with class ``labels[i]``."""
 
-    files: tuple[str, ...]
-    labels: tuple[int, ...]
+    paths: tuple[str, ...]
+    offsets: np.ndarray  # int64
+    sizes: np.ndarray  # int64, -1 for a whole file
+    labels: np.ndarray  # int64
     classes: tuple[str, ...]
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.paths)
+
+    def name(self, index: int) -> str:
+        """The sample as a user would look for it: the file, or ``shard.tar:member``."""
+        if self.offsets[index] < 0:
+            return self.paths[index]
+        return f"{self.paths[index]}@{self.offsets[index]}"
+
+    def read(self, index: int) -> np.ndarray:
+        """The encoded bytes of sample ``index`` as a uint8 array."""
+        path, offset, size = self.paths[index], int(self.offsets[index]), int(self.sizes[index])
+        if offset < 0:
+            return np.fromfile(path, dtype=np.uint8)
+        with open(path, "rb") as file:
+            file.seek(offset)
+            return np.frombuffer(file.read(size), dtype=np.uint8)
+
+    def without(self, indices) -> Samples:
+        keep = np.setdiff1d(np.arange(len(self)), np.asarray(list(indices), dtype=np.int64))
+        return Samples(
+            tuple(self.paths[i] for i in keep), self.offsets[keep], self.sizes[keep],
+            self.labels[keep], self.classes,
+        )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class WebDatasetSource:
-    """WebDataset tar shards: each sample is ``key.jpg`` (or png/webp) plus ``key.cls`` (ASCII int)."""
-
-    shards: tuple[str, ...]
-    num_samples: int
-    classes: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-Source = FileSource | WebDatasetSource
-
-
-def resolve_source(source: str | os.PathLike | Sequence) -> Source:
-    """Turn what the user passed as ``source`` into a validated :class:`Source`.
+def resolve_source(source: str | os.PathLike | Sequence | Samples) -> Samples:
+    """Turn what the user passed as ``source`` into a validated :class:`Samples` table.
 
     Args:
         source: an ImageFolder directory (one sub-folder per class); a ``.tar`` WebDataset shard,
-            a list of shards, or a directory holding only ``.tar`` shards; or a sequence of
-            ``(path, label)`` pairs.
-
-    Returns:
-        A :class:`FileSource` or :class:`WebDatasetSource`.
+            a list of shards, or a directory holding only ``.tar`` shards; a sequence of
+            ``(path, label)`` pairs; or a :class:`Samples` table.
 
     Raises:
         FileNotFoundError: a path that does not exist.
         ValueError: an empty directory, no class folders, no image files, malformed pairs.
     """
+    if isinstance(source, Samples):
+        return source
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"source: {str(path)!r} does not exist")
         if path.is_file():
-            return _webdataset([path])
+            return webdataset([path])
         tars = sorted(path.glob("*.tar"))
         if tars and not any(p.is_dir() for p in path.iterdir()):
-            return _webdataset(tars)
+            return webdataset(tars)
         return image_folder(path)
     if isinstance(source, Sequence) and source and all(str(s).endswith(".tar") for s in source):
-        return _webdataset([Path(s) for s in source])
+        return webdataset([Path(s) for s in source])
     return _pairs(source)
 
 
-def image_folder(root: Path) -> FileSource:
+def image_folder(root: str | Path) -> Samples:
     """Scan ``root/<class>/<image>``, classes sorted as torchvision's ``ImageFolder`` sorts them."""
+    root = Path(root)
     entries = list(os.scandir(root))
     if not entries:
         raise ValueError(f"source: directory {str(root)!r} is empty")
@@ -90,7 +105,7 @@ def image_folder(root: Path) -> FileSource:
         )
     files, labels = [], []
     for label, name in enumerate(classes):
-        # os.walk with followlinks matches torchvision, which follows links to class folders.
+        # followlinks matches torchvision, which follows links to class folders.
         for folder, _, names in sorted(os.walk(root / name, followlinks=True)):
             for file in sorted(names):
                 if file.lower().endswith(IMAGE_EXTENSIONS):
@@ -100,10 +115,17 @@ def image_folder(root: Path) -> FileSource:
         raise ValueError(
             f"source: no image files under {str(root)!r} (looked for {', '.join(IMAGE_EXTENSIONS)})"
         )
-    return FileSource(tuple(files), tuple(labels), tuple(classes))
+    return _files(files, labels, classes)
 
 
-def _pairs(pairs: Sequence) -> FileSource:
+def _files(files: list[str], labels: list[int], classes) -> Samples:
+    minus_one = np.full(len(files), -1, dtype=np.int64)
+    return Samples(
+        tuple(files), minus_one, minus_one.copy(), np.asarray(labels, np.int64), tuple(classes)
+    )
+
+
+def _pairs(pairs) -> Samples:
     if not isinstance(pairs, Sequence) or isinstance(pairs, (str, bytes)) or not pairs:
         raise ValueError(
             "source: expected a directory, WebDataset .tar shards, or a non-empty list of "
@@ -114,41 +136,50 @@ def _pairs(pairs: Sequence) -> FileSource:
         if not (isinstance(pair, Sequence) and len(pair) == 2):
             raise ValueError(f"source[{i}]: expected a (path, label) pair, got {pair!r}")
         path, label = pair
-        if not isinstance(label, int) or isinstance(label, bool) or label < 0:
+        if not isinstance(label, (int, np.integer)) or isinstance(label, bool) or label < 0:
             raise ValueError(f"source[{i}]: label must be a non-negative int, got {label!r}")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"source[{i}]: file {str(path)!r} does not exist")
         files.append(str(path))
-        labels.append(label)
-    classes = tuple(str(c) for c in range(max(labels) + 1))
-    return FileSource(tuple(files), tuple(labels), classes)
+        labels.append(int(label))
+    return _files(files, labels, [str(c) for c in range(max(labels) + 1)])
 
 
-def _webdataset(shards: list[Path]) -> WebDatasetSource:
-    """Count samples and classes by reading the tar headers and the tiny ``.cls`` members."""
-    image_exts = WEBDATASET_IMAGE_EXT.split(";")
-    num_samples, max_label = 0, -1
-    for shard in shards:
+def webdataset(shards: Sequence[str | Path]) -> Samples:
+    """Index WebDataset shards: each sample is ``key.jpg`` (or png/webp) plus ``key.cls``."""
+    paths, offsets, sizes, labels = [], [], [], []
+    for shard in map(Path, shards):
         if not shard.is_file():
             raise FileNotFoundError(f"source: shard {str(shard)!r} does not exist")
+        images, classes = {}, {}
         try:
             with tarfile.open(shard) as tar:
                 for member in tar:
-                    stem, _, ext = member.name.rpartition(".")
-                    if ext.lower() in image_exts:
-                        num_samples += 1
-                    elif ext == WEBDATASET_LABEL_EXT:
+                    key, _, ext = member.name.rpartition(".")
+                    if ext.lower() in WEBDATASET_IMAGE_EXTENSIONS:
+                        images[key] = (member.offset_data, member.size)
+                    elif ext == WEBDATASET_LABEL_EXTENSION:
                         text = tar.extractfile(member).read().decode().strip()
                         if not text.isdigit():
                             raise ValueError(
                                 f"source: {str(shard)!r} member {member.name!r} holds {text!r}, "
                                 "not a class index"
                             )
-                        max_label = max(max_label, int(text))
+                        classes[key] = int(text)
         except tarfile.TarError as error:
-            raise ValueError(f"source: {str(shard)!r} is not a readable tar file ({error})") from None
-    if num_samples == 0:
-        raise ValueError(f"source: no {WEBDATASET_IMAGE_EXT} samples in shards {[str(s) for s in shards]}")
-    return WebDatasetSource(
-        tuple(str(s) for s in shards), num_samples, tuple(str(c) for c in range(max_label + 1))
-    )
+            raise ValueError(
+                f"source: {str(shard)!r} is not a readable tar file ({error})"
+            ) from None
+        for key, (offset, size) in images.items():
+            if key not in classes:
+                raise ValueError(f"source: {str(shard)!r} sample {key!r} has no .cls label")
+            paths.append(str(shard))
+            offsets.append(offset)
+            sizes.append(size)
+            labels.append(classes[key])
+    if not paths:
+        raise ValueError(f"source: no image samples in shards {[str(s) for s in shards]}")
+    return Samples(
+        tuple(paths), np.asarray(offsets, np.int64), np.asarray(sizes, np.int64),
+        np.asarray(labels, np.int64), tuple(str(c) for c in range(max(labels) + 1)),
+    )  # fmt: skip

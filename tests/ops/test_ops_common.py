@@ -1,0 +1,144 @@
+"""Invariants every operator keeps: soft targets, identity at p = 0, seeding, in-place, devices."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+import torch
+
+from dalaug.ops import BoxParams, CutoutParams, Mixup, MixupParams, soft_targets
+
+
+def _support(targets: torch.Tensor, params) -> torch.Tensor:
+    """(B, C) bool: the classes a soft row may put more than the smoothing floor on."""
+    own = soft_targets(targets, num_classes=10) > 0
+    if isinstance(params, CutoutParams):
+        return own
+    return own | own.index_select(0, params.partner)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_soft_rows_sum_to_one_with_the_right_support(make_op, batch, smoothing, num_classes):
+    images, targets = batch
+    op = make_op(label_smoothing=smoothing, seed=0)
+    params = op.sample(images)
+    _, soft = op.apply(images, targets, params)
+    assert soft.shape == (images.shape[0], num_classes)
+    assert soft.dtype == torch.float32
+    torch.testing.assert_close(soft.sum(1), torch.ones(images.shape[0], device=images.device))
+    floor = smoothing / num_classes
+    outside = ~_support(targets, params)
+    torch.testing.assert_close(soft[outside], torch.full_like(soft[outside], floor))
+    assert bool((soft >= floor - 1e-7).all())
+
+
+def test_p_zero_is_the_identity(make_op, batch):
+    images, targets = batch
+    op = make_op(p=0.0, seed=0)
+    out, soft = op(images.clone(), targets)
+    assert torch.equal(out, images)
+    assert torch.equal(soft, soft_targets(targets, num_classes=10))
+    # The sampled path (λ = 1, empty boxes) is the identity too, not only the shortcut.
+    out, soft = op.apply(images.clone(), targets, op.sample(images))
+    assert torch.equal(out, images)
+    assert torch.equal(soft, soft_targets(targets, num_classes=10))
+
+
+def test_same_seed_same_output_and_different_seeds_differ(make_op, batch):
+    images, targets = batch
+    first = make_op(seed=1)(images.clone(), targets)
+    again = make_op(seed=1)(images.clone(), targets)
+    other = make_op(seed=2)(images.clone(), targets)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], other[0])
+
+
+def test_call_generator_gives_the_same_output_as_a_seeded_op(make_op, batch):
+    images, targets = batch
+    seeded = make_op(seed=5)(images.clone(), targets)
+    g = torch.Generator(device=images.device).manual_seed(5)
+    passed = make_op()(images.clone(), targets, generator=g)
+    assert torch.equal(seeded[0], passed[0]) and torch.equal(seeded[1], passed[1])
+
+
+def test_inplace_writes_into_the_input_and_matches_out_of_place(make_op, batch):
+    images, targets = batch
+    original = images.clone()
+    params = make_op(seed=3).sample(images)
+    expected, expected_soft = make_op().apply(images, targets, params)
+    assert torch.equal(images, original)  # out of place leaves its input alone
+    assert not torch.equal(expected, original)
+    out, soft = make_op(inplace=True).apply(images, targets, params)
+    assert out.data_ptr() == images.data_ptr()
+    assert torch.equal(out, expected) and torch.equal(soft, expected_soft)
+
+
+def test_soft_targets_in_pass_through(make_op, batch, num_classes):
+    """Soft targets are accepted and give the same result as the integer targets they encode."""
+    images, targets = batch
+    params = make_op(seed=0).sample(images)
+    _, from_int = make_op().apply(images, targets, params)
+    _, from_soft = make_op().apply(images, soft_targets(targets, num_classes), params)
+    torch.testing.assert_close(from_soft, from_int)
+
+
+@pytest.mark.parametrize("module", ["base", "boxes", "cutout", "mixing", "saliency", "sampling"])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(importlib.import_module(f"dalaug.ops.{module}"))
+    assert result.failed == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_and_cuda_apply_the_same_params_identically(make_op, dtype):
+    images, targets = _cpu_batch(dtype)
+    op = make_op(seed=0)
+    params = op.sample(images)
+    cpu = op.apply(images, targets, params)
+    cuda = op.apply(images.cuda(), targets.cuda(), params.to("cuda"))
+    torch.testing.assert_close(cuda[0].cpu(), cpu[0])
+    torch.testing.assert_close(cuda[1].cpu(), cpu[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_ops_never_sync_with_the_host(make_op):
+    images, targets = _cpu_batch(torch.float32)
+    images, targets = images.cuda(), targets.cuda()
+    soft = soft_targets(targets, num_classes=10)
+    op = make_op(seed=0)
+    op(images, targets)  # first call creates the device generator and warms up kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        op(images, targets)
+        op(images, soft)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def _cpu_batch(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(8, 3, 32, 32, generator=g).to(dtype), torch.randint(0, 10, (8,), generator=g)
+
+
+def test_params_are_tensors_on_the_batch_device(make_op, batch):
+    images, _ = batch
+    params = make_op(seed=0).sample(images)
+    assert isinstance(params, MixupParams | BoxParams | CutoutParams)
+    for value in vars(params).values():
+        if isinstance(value, torch.Tensor):
+            assert value.device == images.device
+
+
+def test_mixup_p_half_leaves_unmixed_samples_untouched(make_batch):
+    images, targets = make_batch()
+    op = Mixup(alpha=1.0, num_classes=10, p=0.5, per_sample=True, seed=0)
+    params = op.sample(images)
+    out, soft = op.apply(images, targets, params)
+    kept = params.lam == 1
+    assert 0 < int(kept.sum()) < images.shape[0]
+    assert torch.equal(out[kept], images[kept])
+    assert torch.equal(soft[kept], soft_targets(targets, 10)[kept])
