@@ -26,3 +26,32 @@ def device(request) -> torch.device:
 @pytest.fixture(params=DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 def dtype(request) -> torch.dtype:
     return request.param
+
+
+# Distinct, saturated class colours: a class is recoverable from any crop of its images.
+CLASS_COLOURS = ((220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 220, 40))
+
+
+def write_colour_folder(root, per_class: int = 6, size: int = 48):
+    """ImageFolder whose class k images are solid CLASS_COLOURS[k] JPEGs (classes named c0, c1...)."""
+    from PIL import Image
+
+    for label, colour in enumerate(CLASS_COLOURS):
+        folder = root / f"c{label}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (size + 8 * i, size), colour).save(folder / f"{i}.jpg", quality=95)
+    return root
+
+
+@pytest.fixture(scope="session")
+def colour_folder(tmp_path_factory):
+    return write_colour_folder(tmp_path_factory.mktemp("colours"))
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory):
+    """A small ImageNet-like folder: 60 real-photo crops in 3 classes, short side 40-64 px."""
+    from dalaug.datasets import write_photo_folder
+
+    return write_photo_folder(tmp_path_factory.mktemp("photos"), 60, num_classes=3, short_side=(40, 64))
