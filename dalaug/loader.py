@@ -141,7 +141,7 @@ class Loader:
         self.epoch = 0  # the epoch the next iteration serves
         self.sample_ids: torch.Tensor | None = None  # ids of the batch last yielded
         self._epochs_started = 0  # epochs this pipeline has run; DALI's epoch_idx counts them
-        self._mid_epoch = False
+        self._stale = False  # the pipeline holds batches of an epoch that was broken off
         self._iterator = self._build()
 
     def _build(self) -> DALIGenericIterator:
@@ -167,31 +167,36 @@ class Loader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch: ``(images, targets)`` batches; the next ``for`` starts the next epoch."""
-        if self._mid_epoch:
+        if self._stale:
             # An epoch was broken off: DALI cannot rewind its prefetched batches, so start afresh.
             self._iterator = self._build()
             self._epochs_started = 0
+            self._stale = False
         # Point the feed at self.epoch before DALI prefetches anything of it (set_epoch may have
         # moved it); DALI's BatchInfo.epoch_idx counts the epochs this pipeline has started.
         self.feed.first_epoch = self.epoch - self._epochs_started
         if self._epochs_started:
             self._iterator.reset()
-        self._mid_epoch = True
         batches = iter(self._iterator)
-        iteration = 0
-        while True:
-            try:
-                batch = next(batches)[0]
-            except StopIteration:
-                break
-            except RuntimeError as error:
-                raise self._explain(error, iteration) from error
-            iteration += 1
-            self.sample_ids = batch["ids"].reshape(-1)
-            yield self._images(batch["images"]), batch["targets"].reshape(-1).long().to(self.device)
-        self._mid_epoch = False
-        self._epochs_started += 1
-        self.epoch += 1
+        iteration, finished = 0, False
+        try:
+            while True:
+                try:
+                    batch = next(batches)[0]
+                except StopIteration:
+                    finished = True
+                    break
+                except RuntimeError as error:
+                    raise self._explain(error, iteration) from error
+                iteration += 1
+                self.sample_ids = batch["ids"].reshape(-1)
+                yield self._images(batch["images"]), batch["targets"].reshape(-1).long().to(self.device)
+        finally:
+            # Runs on a normal end and when the caller breaks off (the generator is closed):
+            # either way the next iteration serves the next epoch, as a DataLoader would.
+            self._epochs_started += 1
+            self._stale = not finished
+            self.epoch += 1
 
     def _explain(self, error: RuntimeError, iteration: int) -> Exception:
         """Name the sample(s) behind a DALI failure in batch ``iteration`` (or the prefetched ones)."""
