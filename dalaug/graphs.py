@@ -57,7 +57,6 @@ def build_pipeline(
             spec,
             feed,
             "cpu" if device_id is None else "mixed",
-            seed,
             batch_size=feed.batch_size,
             num_threads=num_threads,
             device_id=device_id,
@@ -71,7 +70,7 @@ def build_pipeline(
 
 
 @pipeline_def(enable_conditionals=True)
-def _graph(spec: GraphSpec, feed: EpochFeed, decode_device: str, aug_seed: int):
+def _graph(spec: GraphSpec, feed: EpochFeed, decode_device: str):
     encoded, labels, ids = fn.external_source(
         source=feed, num_outputs=3, batch=True, batch_info=True,
         dtype=[types.UINT8, types.INT32, types.INT64],
@@ -90,7 +89,7 @@ def _graph(spec: GraphSpec, feed: EpochFeed, decode_device: str, aug_seed: int):
                 random_aspect_ratio=spec.ratio, num_attempts=10,
             )  # fmt: skip
         if spec.policy is not None:
-            images = spec.policy.apply(images, spec.crop, aug_seed)
+            images = spec.policy.apply(images, spec.crop)
         mirror = fn.random.coin_flip(probability=0.5) if spec.flip else False
     else:
         images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
