@@ -3,11 +3,15 @@
 DALI's ``external_source`` calls :class:`EpochFeed` with a ``BatchInfo`` (epoch and iteration), so
 the order never depends on how the pipeline got there: the same after a restart from a DALI
 checkpoint, after a rebuilt pipeline, or in a second loader built for another phase of training.
+
+Samples found bad during training are *excluded*: they are filtered out of every rank's shard, so
+the batches after the bad one shift by one sample and every other sample is still delivered once.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +26,12 @@ class Sharding:
     rank: int = 0
     world_size: int = 1
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.world_size, int) or self.world_size < 1:
+            raise ValueError(f"world_size: expected a positive int, got {self.world_size!r}")
+        if not isinstance(self.rank, int) or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank: expected an int in [0, {self.world_size}), got {self.rank!r}")
+
 
 class EpochFeed:
     """Batches of (encoded bytes, label, sample id) for ``fn.external_source(batch_info=True)``.
@@ -31,22 +41,57 @@ class EpochFeed:
     ``world_size`` and split into equal contiguous shards, so every rank gets the same number of
     samples and every sample appears once per epoch across ranks; the only duplicates are the at
     most ``world_size - 1`` padding samples.
+
+    Excluded samples (bad files) are removed from the shard. Where the batch count must not change
+    (training, whose LR schedules count ``len(loader)``, and any run with several ranks, which DDP
+    keeps in lockstep) the shard is then padded back to its length by wrapping around to its own
+    first samples: those are the only further duplicates. A single-rank eval feed just shrinks, so
+    each good sample is still evaluated exactly once.
+
+    Args:
+        samples: the data set.
+        batch_size: samples per batch.
+        shuffle: a new permutation every epoch (else the data set order).
+        drop_last: leave out the last partial batch of the shard.
+        seed: seeds the permutations; it must agree across ranks.
+        sharding: this rank and the number of ranks.
     """
 
     def __init__(
         self, samples: Samples, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
         sharding: Sharding = Sharding(),
     ) -> None:  # fmt: skip
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+        if not isinstance(sharding, Sharding):
+            raise ValueError(f"sharding: expected a Sharding, got {type(sharding).__name__}")
         self.samples = samples
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.seed = seed
         self.sharding = sharding
+        self.keep_length = drop_last or sharding.world_size > 1
         self.first_epoch = 0  # the epoch that DALI's epoch_idx 0 stands for
+        self.first_iteration = 0  # the iteration that DALI's iteration 0 of epoch_idx 0 stands for
+        self.excluded: frozenset[int] = frozenset()
+        self._cache: tuple[int, frozenset[int], np.ndarray] | None = None
+
+    def exclude(self, ids: Iterable[int]) -> None:
+        """Leave samples ``ids`` out of every epoch from now on (see the class docstring)."""
+        ids = {int(i) for i in ids}
+        bad = [i for i in ids if not 0 <= i < len(self.samples)]
+        if bad:
+            raise ValueError(f"ids: {bad} are not sample ids of a {len(self.samples)}-sample data set")
+        self.excluded = self.excluded | ids
 
     def shard(self, epoch: int) -> np.ndarray:
         """Sample ids this rank reads in ``epoch``, in order."""
+        cached = self._cache
+        if cached is not None and cached[0] == epoch and cached[1] is self.excluded:
+            return cached[2]
         n = len(self.samples)
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(n)
@@ -54,7 +99,18 @@ class EpochFeed:
             order = np.arange(n)
         per_rank = self.samples_per_rank
         padded = np.resize(order, per_rank * self.sharding.world_size)
-        return padded[self.sharding.rank * per_rank : (self.sharding.rank + 1) * per_rank]
+        shard = padded[self.sharding.rank * per_rank : (self.sharding.rank + 1) * per_rank]
+        if self.excluded:
+            shard = shard[~np.isin(shard, np.fromiter(self.excluded, np.int64))]
+            if shard.size == 0:
+                raise RuntimeError(
+                    f"every sample of rank {self.sharding.rank}'s shard in epoch {epoch} is excluded "
+                    "as undecodable"
+                )
+            if self.keep_length:
+                shard = np.resize(shard, per_rank)
+        self._cache = (epoch, self.excluded, shard)
+        return shard
 
     @property
     def samples_per_rank(self) -> int:
@@ -62,7 +118,7 @@ class EpochFeed:
 
     def num_batches(self) -> int:
         """Batches per epoch on this rank (the same every epoch)."""
-        count = self.samples_per_rank
+        count = self.samples_per_rank if self.keep_length else len(self.samples) - len(self.excluded)
         return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
 
     def batch_ids(self, epoch: int, iteration: int) -> np.ndarray:
@@ -70,7 +126,30 @@ class EpochFeed:
             raise StopIteration
         return self.shard(epoch)[iteration * self.batch_size : (iteration + 1) * self.batch_size]
 
+    def state_dict(self) -> dict:
+        """Where DALI's (epoch_idx, iteration) point and which samples are left out."""
+        return {
+            "first_epoch": self.first_epoch,
+            "first_iteration": self.first_iteration,
+            "excluded": sorted(self.excluded),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first_epoch = int(state["first_epoch"])
+        self.first_iteration = int(state["first_iteration"])
+        self.excluded = frozenset()
+        self.exclude(state["excluded"])
+
     def __call__(self, info) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-        ids = self.batch_ids(self.first_epoch + info.epoch_idx, info.iteration)
-        encoded = [self.samples.read(i) for i in ids]
-        return encoded, self.samples.labels[ids].astype(np.int32), ids.astype(np.int64)
+        # A pipeline rebuilt in the middle of an epoch starts that epoch at first_iteration.
+        offset = self.first_iteration if info.epoch_idx == 0 else 0
+        ids = self.batch_ids(self.first_epoch + info.epoch_idx, info.iteration + offset)
+        return [self._read(i) for i in ids], self.samples.labels[ids].astype(np.int32), ids.astype(np.int64)
+
+    def _read(self, index: int) -> np.ndarray:
+        try:
+            return self.samples.read(index)
+        except OSError:
+            # An unreadable file (gone, no permission) goes to DALI as 0 bytes: its decoder fails,
+            # and the loader's bad-file handling names the file and leaves it out like any other.
+            return np.empty(0, np.uint8)

@@ -1,13 +1,28 @@
 """The Loader: a DALI pipeline behind the interface of a PyTorch DataLoader.
 
 It yields ``(images, targets)``: images NCHW normalized on ``loader.device``, targets int64 (B,).
+
+Bad files do not stop a run. DALI aborts the whole pipeline on one undecodable file and has no skip
+option (DALI issues #3913, #1435, #5489), so on a failure the loader decodes the failing batch and
+the prefetched ones sample by sample to name the culprits, leaves them out of the epoch order (see
+:class:`~dalaug.feed.EpochFeed`), rebuilds the pipeline and resumes the same epoch at the batch that
+failed: batches already delivered are unchanged and every other sample is still delivered once. The
+files are logged (logger ``"dalaug"``), kept in ``loader.bad_samples`` and written by
+``loader.write_report``; more than ``max_bad_fraction`` of the data set is an error.
+
+A run resumes mid-epoch from ``loader.state_dict()``: DALI 2.4's checkpoint of the pipeline (reader
+position and random state) plus the feed's position and excluded samples.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
+import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
@@ -19,14 +34,18 @@ from dalaug.policies import PolicyLike, resolve_policy
 from dalaug.sources import Samples, resolve_source
 from dalaug.verify import decode_failures
 
+log = logging.getLogger("dalaug")
+
+STATE_VERSION = 1
+
 
 class DecodeError(RuntimeError):
-    """A sample DALI cannot decode; ``failures`` maps each culprit's name to the reason."""
+    """Samples DALI cannot decode; ``failures`` maps each culprit's name to the reason."""
 
-    def __init__(self, failures: dict[str, str]) -> None:
-        self.failures = failures
+    def __init__(self, failures: dict[str, str], note: str = "") -> None:
+        self.failures = dict(failures)
         listed = "; ".join(f"{name}: {reason}" for name, reason in failures.items())
-        super().__init__(f"cannot decode {len(failures)} file(s): {listed}")
+        super().__init__(f"cannot decode {len(failures)} file(s): {listed}" + (f" ({note})" if note else ""))
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,6 +77,10 @@ class Loader:
         num_threads: DALI CPU threads (default: the cores this process may use, split by rank).
         prefetch: batches DALI prepares ahead.
         roi_decode: decode only the crop window (fast); False decodes whole images first.
+        max_bad_fraction: how much of the data set may turn out undecodable before iterating
+            raises :class:`DecodeError`: up to ``int(max_bad_fraction * num_samples)`` bad files
+            are left out and logged (so below 1000 samples the default allows none); 0 makes
+            any bad file an error.
 
     Example:
         >>> loader = Loader("data/train", batch_size=64, policy="autoaugment")  # doctest: +SKIP
@@ -85,8 +108,18 @@ class Loader:
         num_threads: int | None = None,
         prefetch: int = 2,
         roi_decode: bool = True,
+        max_bad_fraction: float = 0.001,
     ) -> None:
         _check_int("batch_size", batch_size)
+        for name, flag in (("train", train), ("flip", flip), ("roi_decode", roi_decode)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name}: expected True or False, got {flag!r}")
+        if (
+            not isinstance(max_bad_fraction, (int, float))
+            or isinstance(max_bad_fraction, bool)
+            or not 0 <= max_bad_fraction < 1
+        ):
+            raise ValueError(f"max_bad_fraction: expected a fraction in [0, 1), got {max_bad_fraction!r}")
         _check_int("crop", crop)
         if resize is not None:
             _check_int("resize", resize)
@@ -110,7 +143,7 @@ class Loader:
             batch_size=batch_size, train=train, crop=crop, resize=resize, scale=scale,
             ratio=ratio, flip=flip, policy=policy, mean=mean, std=std, dtype=dtype,
             device=device, seed=seed, num_threads=num_threads, prefetch=prefetch,
-            roi_decode=roi_decode,
+            roi_decode=roi_decode, max_bad_fraction=max_bad_fraction,
         )  # fmt: skip
         self.samples = resolve_source(source)
         self.classes: list[str] = list(self.samples.classes)
@@ -138,22 +171,33 @@ class Loader:
         self._seed = seed
         self._num_threads = num_threads or _default_threads(self.device, sharding)
         self._prefetch = prefetch
+        self.max_bad_fraction = float(max_bad_fraction)
         self.epoch = 0  # the epoch the next iteration serves
         self.sample_ids: torch.Tensor | None = None  # ids of the batch last yielded
+        self.bad_samples: dict[str, str] = {}  # left out as undecodable: name -> reason
+        self.recoveries: list[dict] = []  # one entry per pipeline rebuilt after a bad file
+        self._iteration = 0  # batches of self.epoch delivered so far
         self._epochs_started = 0  # epochs this pipeline has run; DALI's epoch_idx counts them
         self._stale = False  # the pipeline holds batches of an epoch that was broken off
-        self._iterator = self._build()
+        self._ahead = False  # DALI may have prefetched the epoch after the last one finished
+        self._generation = 0  # pipelines built after the first; each gets its own seed
+        self._retried: tuple[int, int] | None = None  # (epoch, iteration) of an unexplained failure
+        for name, reason in self.samples.unreadable:
+            self._leave_out({name: reason})
+        self._iterator: DALIGenericIterator | None = self._build()
 
-    def _build(self) -> DALIGenericIterator:
+    def _build(self, checkpoint: bytes | None = None) -> DALIGenericIterator:
         device_id = None if self.device.type == "cpu" else self.device.index
         pipe = build_pipeline(
             self.spec,
             self.feed,
             device_id=device_id,
             num_threads=self._num_threads,
-            # Augmentation differs per rank; the epoch order (the feed's seed) agrees across ranks.
-            seed=(self._seed * 1009 + self.feed.sharding.rank) % 2**31,
+            # Augmentation differs per rank and per rebuilt pipeline (a rebuilt pipeline must not
+            # replay the start of the epoch's random stream); the order (the feed) agrees across ranks.
+            seed=(self._seed * 1009 + self.feed.sharding.rank + 7919 * self._generation) % 2**31,
             prefetch=self._prefetch,
+            checkpoint=checkpoint,
         )
         # The feed ends each epoch itself (StopIteration); DALI's iterator just passes batches on.
         return DALIGenericIterator(
@@ -161,55 +205,116 @@ class Loader:
             auto_reset=False, prepare_first_batch=False,
         )  # fmt: skip
 
+    def _rebuild(self) -> None:
+        """A new pipeline whose first epoch is ``self.epoch``, starting at ``self._iteration``."""
+        self._iterator = None  # let DALI free the old pipeline (and its threads) first
+        self._generation += 1
+        self.feed.first_epoch = self.epoch
+        self.feed.first_iteration = self._iteration
+        self._epochs_started = 0
+        self._stale = self._ahead = False
+        self._iterator = self._build()
+
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
         return self.feed.num_batches()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch: ``(images, targets)`` batches; the next ``for`` starts the next epoch."""
-        if self._stale:
-            # An epoch was broken off: DALI cannot rewind its prefetched batches, so start afresh.
-            self._iterator = self._build()
-            self._epochs_started = 0
-            self._stale = False
-        # Point the feed at self.epoch before DALI prefetches anything of it (set_epoch may have
-        # moved it); DALI's BatchInfo.epoch_idx counts the epochs this pipeline has started.
-        self.feed.first_epoch = self.epoch - self._epochs_started
-        if self._epochs_started:
-            self._iterator.reset()
-        batches = iter(self._iterator)
-        iteration, finished = 0, False
+        """One epoch: ``(images, targets)`` batches; the next ``for`` starts the next epoch.
+
+        A loader restored mid-epoch by :meth:`load_state_dict` (or closed mid-epoch) serves the
+        rest of that epoch.
+        """
+        if self._iteration == 0 and self._iterator is not None and not self._stale:
+            # DALI's BatchInfo.epoch_idx counts the epochs this pipeline started; point the feed at
+            # self.epoch, unless DALI already prefetched another epoch (set_epoch jumped).
+            if self._ahead and self.feed.first_epoch + self._epochs_started != self.epoch:
+                self._stale = True
+            else:
+                self.feed.first_epoch = self.epoch - self._epochs_started
+        if self._stale or self._iterator is None:
+            # DALI cannot rewind the batches it prefetched (an epoch broken off, a jump): start afresh.
+            self._rebuild()
+        finished = False
         try:
             while True:
                 try:
-                    batch = next(batches)[0]
+                    batch = next(self._iterator)[0]
                 except StopIteration:
                     finished = True
                     break
                 except RuntimeError as error:
-                    raise self._explain(error, iteration) from error
-                iteration += 1
+                    self._recover(error)
+                    continue
+                self._iteration += 1
                 self.sample_ids = batch["ids"].reshape(-1)
                 yield self._images(batch["images"]), batch["targets"].reshape(-1).long().to(self.device)
         finally:
             # Runs on a normal end and when the caller breaks off (the generator is closed):
             # either way the next iteration serves the next epoch, as a DataLoader would.
+            if finished:
+                # Reset now, not at the next `for`: DALI cannot reset a pipeline restored from a
+                # checkpoint taken at the end of an epoch, so state_dict() must see the next one.
+                self._iterator.reset()
+                self._ahead = True
             self._epochs_started += 1
             self._stale = not finished
+            self._iteration = 0
             self.epoch += 1
 
-    def _explain(self, error: RuntimeError, iteration: int) -> Exception:
-        """Name the sample(s) behind a DALI failure in batch ``iteration`` (or the prefetched ones)."""
-        suspects = []
+    def _recover(self, error: RuntimeError) -> None:
+        """After DALI failed at batch ``self._iteration``: leave out the samples that do not decode
+        and go on with a new pipeline from that batch, or raise."""
+        started = time.perf_counter()
+        suspects = set()
+        # DALI runs up to `prefetch` batches ahead: the culprit is in one of these.
         for ahead in range(self._prefetch + 1):
             try:
-                suspects.extend(self.feed.batch_ids(self.epoch, iteration + ahead))
+                suspects.update(self.feed.batch_ids(self.epoch, self._iteration + ahead).tolist())
             except StopIteration:
                 break
-        failures = decode_failures(self.samples, suspects)
+        failures = decode_failures(self.samples, sorted(suspects))
         if not failures:
-            return error
-        return DecodeError({self.samples.name(i): reason for i, reason in failures.items()})
+            # Every suspect decodes on its own: maybe a passing I/O error. Retry once from here.
+            if self._retried == (self.epoch, self._iteration):
+                raise error
+            log.warning(
+                "DALI failed at epoch %d batch %d but every sample around it decodes; retrying once: %s",
+                self.epoch, self._iteration, str(error).strip().splitlines()[-1:],
+            )  # fmt: skip
+            self._retried = (self.epoch, self._iteration)
+            self._rebuild()
+            return
+        named = {self.samples.name(i): reason for i, reason in sorted(failures.items())}
+        self._leave_out(named, cause=error)
+        self.feed.exclude(failures)
+        self._rebuild()
+        seconds = time.perf_counter() - started
+        self.recoveries.append(
+            {"epoch": self.epoch, "iteration": self._iteration, "samples": list(named), "seconds": seconds}
+        )
+        log.info(
+            "rebuilt the pipeline in %.2f s; epoch %d goes on at batch %d",
+            seconds, self.epoch, self._iteration,
+        )  # fmt: skip
+
+    def _leave_out(self, named: dict[str, str], cause: BaseException | None = None) -> None:
+        """Count ``named`` bad samples; raise :class:`DecodeError` past ``max_bad_fraction``."""
+        self.bad_samples.update(named)
+        total = len(self.samples) + len(self.samples.unreadable)
+        allowed = int(self.max_bad_fraction * total)
+        if len(self.bad_samples) > allowed:
+            note = (
+                f"{len(self.bad_samples)} bad of {total} samples is more than max_bad_fraction="
+                f"{self.max_bad_fraction:g} allows ({allowed}); find them all with `dalaug verify`, "
+                "then fix or remove them, or raise max_bad_fraction"
+            )
+            raise DecodeError(self.bad_samples, note) from cause
+        for name, reason in named.items():
+            log.warning(
+                "leaving out %s: %s (%d bad samples, %d allowed)",
+                name, reason, len(self.bad_samples), allowed,
+            )  # fmt: skip
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
         if self.dtype == torch.bfloat16:
@@ -217,9 +322,16 @@ class Loader:
         return images
 
     def set_epoch(self, epoch: int) -> None:
-        """Serve ``epoch`` next (its order is a pure function of the seed and the epoch)."""
-        if not isinstance(epoch, int) or epoch < 0:
+        """Serve ``epoch`` next (its order is a pure function of the seed and the epoch).
+
+        On a loader restored mid-epoch, ``set_epoch`` with the saved epoch keeps the saved position
+        (a training loop calls it at the top of each epoch); another epoch drops the rest of it.
+        """
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"epoch: expected a non-negative int, got {epoch!r}")
+        if epoch != self.epoch and self._iteration > 0:
+            self._iteration = 0
+            self._stale = True
         self.epoch = epoch
 
     @property
@@ -234,6 +346,93 @@ class Loader:
             >>> clean = loader.with_options(policy=None)  # doctest: +SKIP
         """
         return Loader(self.samples, **{**self._options, **changes})
+
+    def state_dict(self) -> dict:
+        """Where the loader is: epoch, batch within it, DALI's checkpoint, the samples left out.
+
+        Call it between batches (inside the ``for`` loop, or between epochs); the result holds only
+        numbers, strings, bytes, lists and dicts, so ``torch.save`` and
+        :func:`dalaug.checkpoint.save` store it and ``torch.load(weights_only=True)`` reads it.
+
+        Example:
+            >>> dalaug.checkpoint.save({"loader": loader.state_dict()}, "ckpt.pt")  # doctest: +SKIP
+        """
+        dali = None
+        if self._iterator is not None and not self._stale:
+            dali = self._iterator.checkpoints()[0]
+        return {
+            "version": STATE_VERSION,
+            "num_samples": len(self.samples),
+            "batch_size": self.batch_size,
+            "seed": self._seed,
+            "world_size": self.feed.sharding.world_size,
+            "rank": self.feed.sharding.rank,
+            "epoch": self.epoch,
+            "iteration": self._iteration,
+            "epochs_started": self._epochs_started,
+            "generation": self._generation,
+            "feed": self.feed.state_dict(),
+            "bad_samples": dict(self.bad_samples),
+            "dali": dali,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict`: the next ``for`` serves the rest of the saved epoch,
+        the same batches (ids and, on the CPU, pixels) as the run that saved it.
+
+        Raises:
+            ValueError: ``state`` is not a loader state, or was saved by a loader over another data
+                set, batch size, seed or number of ranks.
+        """
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"state: expected a dict from Loader.state_dict() (version {STATE_VERSION})")
+        for key, mine in (
+            ("num_samples", len(self.samples)),
+            ("batch_size", self.batch_size),
+            ("seed", self._seed),
+            ("world_size", self.feed.sharding.world_size),
+        ):
+            if state[key] != mine:
+                raise ValueError(f"state: saved with {key}={state[key]!r}, this loader has {key}={mine!r}")
+        self._iterator = None
+        self.feed.load_state_dict(state["feed"])
+        self.epoch = int(state["epoch"])
+        self._iteration = int(state["iteration"])
+        self._epochs_started = int(state["epochs_started"])
+        self._generation = int(state["generation"])
+        self.bad_samples = dict(state["bad_samples"])
+        self._ahead = False
+        if state["dali"] is None:
+            self._stale = True  # saved after an epoch was broken off: the next one starts afresh
+        else:
+            self._stale = False
+            self._iterator = self._build(checkpoint=state["dali"])
+
+    def write_report(self, path: str | os.PathLike) -> Path:
+        """Write the bad samples left out so far, and each recovery, as JSON (atomically)."""
+        path = Path(path)
+        report = {
+            "num_samples": len(self.samples) + len(self.samples.unreadable),
+            "max_bad_fraction": self.max_bad_fraction,
+            "rank": self.feed.sharding.rank,
+            "epoch": self.epoch,
+            "bad_samples": [{"sample": k, "reason": v} for k, v in sorted(self.bad_samples.items())],
+            "recoveries": self.recoveries,
+        }
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(temporary, path)
+        return path
+
+    def close(self) -> None:
+        """Free the DALI pipeline and its threads now; iterating again builds a new one."""
+        self._iterator = None
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _check_int(name: str, value) -> None:

@@ -35,6 +35,8 @@ class Samples:
     sizes: np.ndarray  # int64, -1 for a whole file
     labels: np.ndarray  # int64
     classes: tuple[str, ...]
+    # Files the scan found but cannot use (a broken symbolic link), with why: reported, not read.
+    unreadable: tuple[tuple[str, str], ...] = ()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -55,10 +57,11 @@ class Samples:
             return np.frombuffer(file.read(size), dtype=np.uint8)
 
     def without(self, indices) -> Samples:
+        """The table less the samples ``indices`` (ids are renumbered)."""
         keep = np.setdiff1d(np.arange(len(self)), np.asarray(list(indices), dtype=np.int64))
         return Samples(
             tuple(self.paths[i] for i in keep), self.offsets[keep], self.sizes[keep],
-            self.labels[keep], self.classes,
+            self.labels[keep], self.classes, self.unreadable,
         )  # fmt: skip
 
 
@@ -103,26 +106,55 @@ def image_folder(root: str | Path) -> Samples:
             f"source: {str(root)!r} has no class folders; expected one sub-folder per class "
             "(root/<class>/<image>.jpg)"
         )
-    files, labels = [], []
+    files, labels, broken = [], [], []
     for label, name in enumerate(classes):
-        # followlinks matches torchvision, which follows links to class folders.
-        for folder, _, names in sorted(os.walk(root / name, followlinks=True)):
-            for file in sorted(names):
-                if file.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(os.path.join(folder, file))
-                    labels.append(label)
+        # Sorted by folder, then by name, with links to folders followed: torchvision's order.
+        for _, entries in sorted(_walk(os.path.join(root, name), broken), key=lambda f: f[0]):
+            for entry in sorted(entries, key=lambda e: e.name):
+                if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                # A link to nothing would only fail later, inside DALI; is_symlink() costs no
+                # system call, so only links pay for the check.
+                if entry.is_symlink() and not entry.is_file():
+                    broken.append((entry.path, f"broken symbolic link to {os.readlink(entry.path)!r}"))
+                    continue
+                files.append(entry.path)
+                labels.append(label)
     if not files:
         raise ValueError(
             f"source: no image files under {str(root)!r} (looked for {', '.join(IMAGE_EXTENSIONS)})"
         )
-    return _files(files, labels, classes)
+    return _files(files, labels, classes, tuple(broken))
 
 
-def _files(files: list[str], labels: list[int], classes) -> Samples:
+def _walk(folder: str, unlisted: list[tuple[str, str]]) -> list[tuple[str, list[os.DirEntry]]]:
+    """``os.walk(folder, followlinks=True)`` as (folder, non-folder entries): entries keep the
+    file type that scandir read, so broken links are found without a stat per file. Folders that
+    cannot be listed go to ``unlisted`` (os.walk would skip them silently)."""
+    found, pending = [], [folder]
+    while pending:
+        current = pending.pop()
+        entries = []
+        try:
+            with os.scandir(current) as listing:
+                for entry in listing:
+                    if entry.is_dir():
+                        pending.append(entry.path)
+                    else:
+                        entries.append(entry)
+        except OSError as error:
+            unlisted.append((current, f"cannot list folder: {error.strerror or error}"))
+            continue
+        found.append((current, entries))
+    return found
+
+
+def _files(files: list[str], labels: list[int], classes, unreadable=()) -> Samples:
     minus_one = np.full(len(files), -1, dtype=np.int64)
     return Samples(
-        tuple(files), minus_one, minus_one.copy(), np.asarray(labels, np.int64), tuple(classes)
-    )
+        tuple(files), minus_one, minus_one.copy(), np.asarray(labels, np.int64), tuple(classes),
+        unreadable,
+    )  # fmt: skip
 
 
 def _pairs(pairs) -> Samples:

@@ -1,17 +1,65 @@
-"""Which samples DALI cannot decode, and why.
+"""Which samples DALI cannot decode, and why: for the loader's bad-file handling and ``dalaug verify``.
 
 DALI aborts a whole pipeline on one undecodable sample and leaves the pipeline dead (DALI issues
 #3913, #1435, #5489). To name the culprit we decode the suspects one at a time with the same DALI
-decoder the training graph uses, so "fails here" means "fails there".
+decoder the training graph uses, so "fails here" means "fails there". DALI's own message says
+little ("nvImageCodec failure: '#4'"), so the reason also names what the bytes are, read from their
+header: a GIF (DALI 2.4 has no GIF decoder), a truncated JPEG, or no image at all.
+
+What DALI 2.4 decodes on the CPU, whatever the file is named (checked by ``tests/test_verify.py``):
+JPEG (RGB, grayscale, CMYK; EXIF orientation applied), PNG (8- and 16-bit, palette, alpha), WebP,
+BMP, TIFF, and sizes from 1x1 to 12000x9000; all come out as 8-bit RGB. It fails on GIF, truncated
+or corrupt data, non-images and empty files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from dalaug.sources import Samples
+from dalaug.sources import Samples, resolve_source
+
+# Leading bytes of the formats a data set may hold, most specific first.
+MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+)
+# What each extension should hold, to note files whose name does not match their bytes.
+EXTENSION_FORMATS = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF",
+    ".tiff": "TIFF", ".webp": "WebP", ".ppm": "PNM", ".pgm": "PNM",
+}  # fmt: skip
+DEFAULT_REPORT = "dalaug-verify.json"
+_CHUNK = 32  # samples per task: large enough to amortize a pipeline build, small for the progress bar
+
+
+def sniff(data: np.ndarray | bytes) -> str:
+    """The image format the bytes start with ("JPEG", "PNG", "GIF", ...), or "unknown"."""
+    head = bytes(data[:16])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if len(head) >= 2 and head[:1] == b"P" and head[1:2] in b"123456":
+        return "PNM"
+    for magic, name in MAGIC:
+        if head.startswith(magic):
+            return name
+    return "unknown"
 
 
 @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
@@ -21,19 +69,37 @@ def _decode_one():
 
 
 def decode_failures(samples: Samples, ids: Iterable[int]) -> dict[int, str]:
-    """Decode each sample in ``ids``; return ``{id: reason}`` for those that fail."""
+    """Decode each sample in ``ids`` with DALI; return ``{id: reason}`` for those that fail.
+
+    Args:
+        samples: the data set.
+        ids: sample ids to try.
+
+    Returns:
+        The failing ids with a one-line reason each; an empty dict when all decode.
+
+    Example:
+        >>> decode_failures(resolve_source("data/train"), range(10))  # doctest: +SKIP
+        {3: 'JPEG data that does not decode (truncated or corrupt): nvImageCodec failure: #3'}
+    """
+    return _check(samples, ids)[0]
+
+
+def _check(samples: Samples, ids: Iterable[int]) -> tuple[dict[int, str], dict[int, str]]:
+    """(failures, formats): why each failing id fails, and the format of every id read."""
     failures: dict[int, str] = {}
+    formats: dict[int, str] = {}
     pipe = None
-    for sample_id in ids:
-        sample_id = int(sample_id)
+    for sample_id in map(int, ids):
         try:
             data = samples.read(sample_id)
         except OSError as error:
-            failures[sample_id] = f"cannot read: {error.strerror or error}"
+            failures[sample_id] = _unreadable(samples.paths[sample_id], error)
             continue
         if data.size == 0:
             failures[sample_id] = "empty file (0 bytes)"
             continue
+        formats[sample_id] = kind = sniff(data)
         if pipe is None:
             pipe = _decode_one()
             pipe.build()
@@ -41,12 +107,130 @@ def decode_failures(samples: Samples, ids: Iterable[int]) -> dict[int, str]:
             pipe.feed_input("encoded", [data])
             pipe.run()
         except RuntimeError as error:
-            failures[sample_id] = _first_line(str(error))
+            failures[sample_id] = _reason(kind, data, str(error))
             pipe = None  # a DALI pipeline is dead after an error
-    return failures
+    return failures, formats
 
 
-def _first_line(message: str) -> str:
+def _unreadable(path: str, error: OSError) -> str:
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"broken symbolic link to {os.readlink(path)!r}"
+    return f"cannot read: {error.strerror or error}"
+
+
+def _reason(kind: str, data: np.ndarray, message: str) -> str:
+    dali = _dali_message(message)
+    if kind == "GIF":
+        return f"GIF image: DALI has no GIF decoder, convert it to PNG or JPEG ({dali})"
+    if kind == "unknown":
+        return f"not an image: unrecognized header {bytes(data[:8]).hex(' ')} ({dali})"
+    return f"{kind} data that does not decode (truncated or corrupt): {dali}"
+
+
+def _dali_message(message: str) -> str:
+    """The line of a DALI error that says what went wrong (it follows 'encountered:')."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for before, line in zip(lines, lines[1:], strict=False):
+        if before == "encountered:":
+            return line.replace("'", "")[:200]
     useful = [line for line in lines if "rror" in line and "Current pipeline" not in line]
-    return (useful or lines or ["decode failed"])[-1][:300]
+    return (useful or lines or ["decode failed"])[-1][:200]
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of :func:`verify`: what fails and why, what decodes but is misnamed."""
+
+    source: str
+    num_samples: int
+    failures: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    formats: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "num_samples": self.num_samples,
+            "num_failed": len(self.failures),
+            "failures": [{"sample": k, "reason": v} for k, v in sorted(self.failures.items())],
+            "notes": [{"sample": k, "note": v} for k, v in sorted(self.notes.items())],
+            "formats": dict(sorted(self.formats.items())),
+            "seconds": round(self.seconds, 3),
+        }
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the report as JSON (atomically: a reader never sees half a report)."""
+        path = Path(path)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(temporary, path)
+        return path
+
+
+def verify(
+    source: str | os.PathLike | Sequence | Samples,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+) -> VerifyReport:
+    """Decode every sample of a data set with DALI, in parallel, and report the ones that fail.
+
+    Args:
+        source: anything :class:`~dalaug.Loader` accepts (ImageFolder, shards, pairs).
+        workers: decoding threads (default: the cores this process may use). DALI releases the
+            GIL while it decodes, so threads scale without a process pool.
+        progress: show a tqdm progress bar on stderr.
+
+    Returns:
+        A :class:`VerifyReport`; ``report.ok`` is False when any sample fails.
+
+    Example:
+        >>> report = verify("data/train", progress=True)  # doctest: +SKIP
+        >>> report.write("verify.json")  # doctest: +SKIP
+    """
+    if workers is None:
+        workers = len(os.sched_getaffinity(0))
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers <= 0:
+        raise ValueError(f"workers: expected a positive int, got {workers!r}")
+    start = time.perf_counter()
+    samples = resolve_source(source)
+    report = VerifyReport(str(source), len(samples) + len(samples.unreadable))
+    report.failures.update(dict(samples.unreadable))
+    chunks = [range(i, min(i + _CHUNK, len(samples))) for i in range(0, len(samples), _CHUNK)]
+    formats: Counter[str] = Counter()
+
+    from tqdm import tqdm
+
+    with (
+        tqdm(total=len(samples), unit="img", disable=not progress, desc="verify") as bar,
+        ThreadPoolExecutor(workers, thread_name_prefix="dalaug-verify") as pool,
+    ):
+        tasks = {pool.submit(_check, samples, chunk): len(chunk) for chunk in chunks}
+        for future in as_completed(tasks):
+            failed, kinds = future.result()
+            for i, reason in failed.items():
+                report.failures[samples.name(i)] = reason
+            for i, kind in kinds.items():
+                formats[kind] += 1
+                note = _misnamed(samples, i, kind)
+                if note and i not in failed:
+                    report.notes[samples.name(i)] = note
+            bar.update(tasks[future])
+    report.formats = dict(formats)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _misnamed(samples: Samples, index: int, kind: str) -> str | None:
+    if samples.offsets[index] >= 0:
+        return None  # a WebDataset member: its extension was already used to find it
+    extension = os.path.splitext(samples.paths[index])[1].lower()
+    expected = EXTENSION_FORMATS.get(extension)
+    if expected is None or expected == kind:
+        return None
+    return f"{kind} data named {extension} (decodes; rename it to avoid surprises in other tools)"
