@@ -2,16 +2,37 @@
 
 >>> import dalaug
 >>> train = dalaug.Loader("data/train", batch_size=64, policy="autoaugment")  # doctest: +SKIP
+>>> mix = dalaug.Mixup(alpha=1.0, num_classes=1000)  # doctest: +SKIP
+>>> for images, targets in train:  # doctest: +SKIP
+...     images, soft = mix(images, targets)
 """
 
-from dalaug.loader import IMAGENET_MEAN, IMAGENET_STD, Loader
+from dalaug.gap import Gap, measure_gap
+from dalaug.loader import IMAGENET_MEAN, IMAGENET_STD, DecodeError, Loader
+from dalaug.ops import CutMix, Cutout, Mixup, RandomChoice, SaliencyMix, soft_targets
 from dalaug.policies import AutoAugment, RandAugment, TrivialAugment
+from dalaug.schedule import Fade, Phase, Schedule, early_stop, fade_out, refine
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "AutoAugment",
+    "CutMix",
+    "Cutout",
+    "DecodeError",
+    "Fade",
+    "Gap",
     "Loader",
+    "Mixup",
+    "Phase",
     "RandAugment",
+    "RandomChoice",
+    "SaliencyMix",
+    "Schedule",
     "TrivialAugment",
+    "early_stop",
+    "fade_out",
+    "measure_gap",
+    "refine",
+    "soft_targets",
 ]

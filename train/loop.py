@@ -1,0 +1,299 @@
+"""The training loop: a plain PyTorch loop over dalaug loaders, asking a dalaug Schedule what to do.
+
+Per epoch: the schedule gives the loader (heavy or clean pipeline), the batch operators and the
+learning-rate hint; the loop trains with soft-target cross-entropy, evaluates top-1/top-5, measures
+the clean-vs-augmented loss gap on a fixed set of training samples (He et al., Table 2), logs, and
+checkpoints atomically. Under ``torchrun`` it runs DDP (NCCL on GPUs, gloo on CPUs); every rank
+reads its own shard and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import dalaug
+from dalaug import checkpoint
+from dalaug.ops import BatchOp, soft_targets
+from train.models import create_model
+from train.recipe import Recipe
+
+log = logging.getLogger("dalaug.train")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against soft targets (B, C): the one loss every batch operator feeds."""
+    return -(soft * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def data_folders(data: str | None) -> tuple[Path, Path]:
+    """``data/train`` and ``data/val`` (or ``data/test``); None: the embedded digits data set."""
+    if data is None:
+        from dalaug.datasets import write_digits
+
+        return write_digits(Path("data") / "digits")
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data: {str(root)!r} is not a directory")
+    evaluation = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if not (root / "train").is_dir() or evaluation is None:
+        raise ValueError(f"--data: {str(root)!r} must hold train/ and val/ (or test/) ImageFolders")
+    return root / "train", evaluation
+
+
+class Trainer:
+    """One run of a recipe. ``run()`` trains to the end (resuming if asked) and returns the history.
+
+    Args:
+        recipe: the experiment.
+        out: run folder (config, metrics, checkpoint, plot); written by rank 0 only.
+        device: None (CUDA if available), ``"cpu"`` or ``"cuda"``.
+        resume: continue from ``out/checkpoint.pt`` if it exists.
+    """
+
+    def __init__(self, recipe: Recipe, out: str | Path, device: str | None = None, resume: bool = False):
+        self.recipe = recipe
+        self.out = Path(out)
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
+        self.rank = dist.get_rank() if self.distributed else 0
+        if device is None and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        self.device = torch.device(device or "cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        torch.manual_seed(recipe.seed)
+
+        train_dir, eval_dir = data_folders(recipe.data)
+        first = recipe.phases[0]
+        train_loader = dalaug.Loader(
+            train_dir, recipe.batch_size, crop=recipe.crop, scale=recipe.scale, flip=recipe.flip,
+            policy=first.policy, seed=recipe.seed, device=self.device,
+        )  # fmt: skip
+        self.eval_loader = dalaug.Loader(
+            eval_dir, recipe.batch_size, train=False, crop=recipe.crop, resize=recipe.eval_resize,
+            device=self.device,
+        )  # fmt: skip
+        self.classes = train_loader.classes
+        self.num_classes = len(self.classes)
+        self.schedule = dalaug.Schedule(recipe.phases, train_loader)
+        self.gap_loaders = self._gap_loaders(train_loader)
+
+        on_gpu = self.device.type == "cuda"
+        self.amp = AMP_DTYPES.get(recipe.precision) if on_gpu else None
+        self.memory_format = (
+            torch.channels_last if on_gpu and recipe.channels_last else torch.contiguous_format
+        )
+        model = create_model(recipe.model, self.num_classes, **recipe.model_kwargs)
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.module = self.model
+        if self.distributed:
+            self.model = DistributedDataParallel(self.model, device_ids=[self.device] if on_gpu else None)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+            nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
+        )  # fmt: skip
+        self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
+        # Operators draw from this generator only: its state goes in the checkpoint.
+        self.generator = torch.Generator(self.device).manual_seed(recipe.seed * 1009 + self.rank)
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        if resume and (self.out / "checkpoint.pt").exists():
+            self._load(self.out / "checkpoint.pt")
+
+    def _gap_loaders(self, train_loader: dalaug.Loader) -> tuple | None:
+        """Clean and heavy pipelines over the same few training samples, for the gap monitor."""
+        if not self.recipe.gap_samples:
+            return None
+        samples = train_loader.samples
+        keep = list(range(min(self.recipe.gap_samples, len(samples))))
+        subset = samples.without(sorted(set(range(len(samples))) - set(keep)))
+        heavy = max(self.recipe.phases, key=lambda p: (p.policy is not None, len(p.operators)))
+        self.gap_operators = [getattr(op, "op", op) for op in heavy.operators]  # unwrap Fades
+        batch = min(self.recipe.batch_size, len(subset))
+        # Each rank measures the same samples: no sharding for this, just a side measurement.
+        options = dict(crop=self.recipe.crop, scale=self.recipe.scale, flip=self.recipe.flip,
+                       seed=self.recipe.seed, device=self.device)  # fmt: skip
+        with _single_process():
+            clean = dalaug.Loader(subset, batch, policy=None, **options)
+            augmented = dalaug.Loader(subset, batch, policy=heavy.policy, **options)
+        return clean, augmented
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> list[dict]:
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            config = {f.name: _jsonable(getattr(self.recipe, f.name)) for f in fields(self.recipe)}
+            (self.out / "config.json").write_text(json.dumps(config, indent=2))
+        for epoch in range(self.start_epoch, self.recipe.epochs):
+            record = self.train_epoch(epoch)
+            record.update(self.evaluate())
+            record.update(self.measure_gap())
+            self.history.append(record)
+            if self.rank == 0:
+                with open(self.out / "metrics.jsonl", "a") as file:
+                    file.write(json.dumps(record) + "\n")
+                log.info(_format(record))
+            self._save(epoch)
+        self.schedule.close()
+        return self.history
+
+    def train_epoch(self, epoch: int) -> dict:
+        recipe = self.recipe
+        index, phase, _ = self.schedule.phase_at(epoch)
+        loader = self.schedule.loader_at(epoch)
+        operators = self.schedule.operators_at(epoch)
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        seen, start = 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch} [{phase.name or index}]", disable=self.rank != 0, leave=False)
+        for step, (images, targets) in enumerate(bar):
+            lr = self.schedule.lr_at(epoch, recipe.base_lr(epoch + step / len(loader)))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            images = images.contiguous(memory_format=self.memory_format)
+            soft = soft_targets(targets, self.num_classes, recipe.label_smoothing)
+            for op in operators:
+                if isinstance(op, BatchOp):
+                    images, soft = op(images, soft, generator=self.generator)
+                else:
+                    images, soft = op(images, soft)
+            with torch.autocast(self.device.type, self.amp) if self.amp else nullcontext():
+                loss = soft_cross_entropy(self.model(images), soft)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            loss_sum += loss.detach() * images.shape[0]
+            seen += images.shape[0]
+            if step % 10 == 0 and self.rank == 0:  # .item() syncs: only now and then
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}",
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}")  # fmt: skip
+        elapsed = time.perf_counter() - start
+        totals = self._reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=self.device)]))
+        return {
+            "epoch": epoch, "phase": phase.name or str(index), "lr": lr,
+            "train_loss": float(totals[0] / totals[1]), "images_per_s": float(totals[1]) / elapsed,
+            "epoch_s": elapsed,
+        }  # fmt: skip
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        totals = torch.zeros(4, device=self.device)  # loss sum, top-1, top-5, count
+        for images, targets in self.eval_loader:
+            images = images.contiguous(memory_format=self.memory_format)
+            with torch.autocast(self.device.type, self.amp) if self.amp else nullcontext():
+                logits = self.model(images).float()
+            top5 = logits.topk(min(5, self.num_classes), dim=1).indices
+            hits = top5 == targets[:, None]
+            totals += torch.stack([
+                F.cross_entropy(logits, targets, reduction="sum"), hits[:, 0].sum(), hits.any(1).sum(),
+                torch.tensor(float(len(targets)), device=self.device),
+            ])  # fmt: skip
+        loss, top1, top5, count = self._reduce(totals).tolist()
+        return {"test_loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count}
+
+    def measure_gap(self) -> dict:
+        if self.gap_loaders is None:
+            return {}
+        clean, augmented = self.gap_loaders
+        for loader in (clean, augmented):
+            loader.set_epoch(0)  # the same samples and crops order every epoch
+        gap = dalaug.measure_gap(self.module, list(clean), self.gap_operators, augmented=list(augmented))
+        return {"clean_train_loss": gap.clean, "augmented_train_loss": gap.augmented}
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor)
+        return tensor
+
+    def _save(self, epoch: int) -> None:
+        loader = self.schedule.loader_at(epoch)
+        state = {
+            "epoch": epoch,
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "generator": self.generator.get_state(),
+            "loader": loader.state_dict(),
+            "loader_policy": repr(loader.spec.policy),
+            "history": self.history,
+        }
+        if self.distributed:
+            # each rank's loader and generator differ; rank 0 writes them all
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (state["loader"], state["generator"]))
+            state["loader"], state["generator"] = gathered[0]
+            state["per_rank"] = gathered
+        if self.rank == 0:
+            checkpoint.save(state, self.out / "checkpoint.pt")
+
+    def _load(self, path: Path) -> None:
+        state = checkpoint.load(path, map_location=self.device)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.schedule.load_state_dict(state["schedule"])
+        loader_state, generator_state = state.get("per_rank", [(state["loader"], state["generator"])])[
+            self.rank
+        ]
+        self.generator.set_state(generator_state.cpu())
+        self.history = state["history"]
+        self.start_epoch = state["epoch"] + 1
+        if self.start_epoch < self.recipe.epochs:
+            loader = self.schedule.loader_at(self.start_epoch)
+            # The same pipeline goes on into the next epoch only when the phase keeps the policy.
+            if repr(loader.spec.policy) == state["loader_policy"]:
+                loader.load_state_dict(loader_state)
+        log.info("resumed from %s at epoch %d", path, self.start_epoch)
+
+
+class _single_process:
+    """Build loaders that read the whole data set on this rank even under torch.distributed."""
+
+    def __enter__(self):
+        self._patched = dalaug.loader._sharding
+        dalaug.loader._sharding = lambda: dalaug.feed.Sharding()
+
+    def __exit__(self, *exc):
+        dalaug.loader._sharding = self._patched
+
+
+def _format(record: dict) -> str:
+    keys = ("epoch", "phase", "lr", "train_loss", "test_loss", "top1", "top5", "clean_train_loss",
+            "augmented_train_loss", "images_per_s")  # fmt: skip
+    parts = []
+    for key in keys:
+        if key in record:
+            value = record[key]
+            parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    return " ".join(parts)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)

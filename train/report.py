@@ -1,0 +1,65 @@
+"""The end-of-run summary: a short table and a plot like Figure 1 of He et al. (the loss gap between
+clean and augmented training data, and what refinement does to it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from train.recipe import Recipe
+
+
+def phase_boundaries(recipe: Recipe) -> list[int]:
+    """Epochs at which a new phase starts (after the first)."""
+    boundaries, total = [], 0
+    for phase in recipe.phases[:-1]:
+        total += phase.epochs
+        boundaries.append(total)
+    return boundaries
+
+
+def summary_table(recipe: Recipe, history: list[dict]) -> str:
+    """Accuracy and clean/augmented training loss at the end of each phase."""
+    header = f"{'end of phase':<22}{'epoch':>6}{'top-1':>8}{'top-5':>8}{'clean loss':>12}{'aug. loss':>11}"
+    lines = [header, "-" * len(header)]
+    end = -1
+    for index, phase in enumerate(recipe.phases):
+        end += phase.epochs
+        rows = [r for r in history if r["epoch"] == end]
+        if not rows:
+            continue
+        r = rows[-1]
+        name = phase.name or f"phase {index}"
+        lines.append(
+            f"{name:<22}{end + 1:>6}{r['top1']:>8.2f}{r['top5']:>8.2f}"
+            f"{r.get('clean_train_loss', float('nan')):>12.4f}{r.get('augmented_train_loss', float('nan')):>11.4f}"
+        )
+    return "\n".join(lines)
+
+
+def write_plot(recipe: Recipe, history: list[dict], path: str | Path) -> Path:
+    """Losses (clean train, augmented train, test) and test accuracy per epoch, phases marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] + 1 for r in history]
+    fig, (losses, accuracy) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("clean_train_loss", "clean train"), ("augmented_train_loss", "augmented train"),
+                       ("test_loss", "test")):  # fmt: skip
+        if all(key in r for r in history):
+            losses.plot(epochs, [r[key] for r in history], label=label)
+    accuracy.plot(epochs, [r["top1"] for r in history], label="test top-1", color="tab:green")
+    for axis in (losses, accuracy):
+        for boundary in phase_boundaries(recipe):
+            axis.axvline(boundary + 0.5, color="grey", linestyle="--", linewidth=1)
+        axis.set_xlabel("epoch")
+        axis.legend()
+    losses.set_ylabel("cross-entropy")
+    accuracy.set_ylabel("top-1 (%)")
+    fig.suptitle(f"{recipe.name}: dashed line = start of the clean refinement phase")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
