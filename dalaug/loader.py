@@ -342,10 +342,16 @@ class Loader:
     def with_options(self, **changes) -> Loader:
         """A new loader over the same samples (no rescan) with some constructor arguments changed.
 
+        The samples this loader left out as bad stay out of the new one.
+
         Example:
             >>> clean = loader.with_options(policy=None)  # doctest: +SKIP
         """
-        return Loader(self.samples, **{**self._options, **changes})
+        loader = Loader(self.samples, **{**self._options, **changes})
+        # What this loader found bad is bad for the next phase too: no second failure, no rebuild.
+        loader.feed.exclude(self.feed.excluded)
+        loader.bad_samples.update(self.bad_samples)
+        return loader
 
     def state_dict(self) -> dict:
         """Where the loader is: epoch, batch within it, DALI's checkpoint, the samples left out.
