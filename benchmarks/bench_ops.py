@@ -14,6 +14,7 @@ On CUDA the times come from CUDA events, and Mixup's bandwidth is compared with 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -158,7 +159,9 @@ def main() -> None:
     targets = torch.randint(0, NUM_CLASSES, (batch,), device=device, generator=g)
 
     runners = contestants(device)
+    load_before = os.getloadavg()[0]
     times = time_interleaved(runners, images, targets, rounds, args.warmup)
+    load_after = os.getloadavg()[0]
     scale, unit = (1e6, "µs") if cuda else (1e3, "ms")
 
     rows = []
@@ -183,11 +186,15 @@ def main() -> None:
         f"{machine()}; batch {batch}x3x224x224 float32, {NUM_CLASSES} classes; median of {rounds} "
         f"interleaved rounds ({unit}). Ratio = ours / reference; in-place contestants restart from "
         "a fresh copy of the batch each call (untimed). timm's Mixup works in place; torchvision "
-        "and kornia return new tensors.",
+        "and kornia return new tensors. Load average (1 min) before/after the run: "
+        f"{load_before:.1f}/{load_after:.1f} on {os.cpu_count()} logical CPUs; figures taken while "
+        "other jobs compete for the cores are not representative.",
         "",
         markdown_table(header, rows),
         "",
-        "All contestants (" + unit + "): "
+        "All contestants ("
+        + unit
+        + "): "
         + ", ".join(f"{name} {value * scale:.2f}" for name, value in times.items()),
     ]
     if cuda:

@@ -17,13 +17,10 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from numbers import Real
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
-
-Partner = Literal["flip", "permute"]
-
 
 # --- argument checks (raised eagerly, each naming its argument) ---------------------------------
 
@@ -86,9 +83,7 @@ def check_images(images: object) -> Tensor:
 # --- soft targets ---------------------------------------------------------------------------------
 
 
-def soft_targets(
-    targets: Tensor, num_classes: int | None = None, label_smoothing: float = 0.0
-) -> Tensor:
+def soft_targets(targets: Tensor, num_classes: int | None = None, label_smoothing: float = 0.0) -> Tensor:
     """Turn class indices or soft targets into smoothed soft targets of shape (B, C).
 
     Integer targets become one-hot rows with timm's smoothing convention: ``1 - s + s / C`` on the
@@ -119,16 +114,12 @@ def soft_targets(
     if not isinstance(targets, Tensor):
         raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
     if targets.dtype == torch.bool or targets.is_complex():
-        raise TypeError(
-            f"targets must be integer class indices or float soft targets, got {targets.dtype}"
-        )
+        raise TypeError(f"targets must be integer class indices or float soft targets, got {targets.dtype}")
     if targets.is_floating_point():
         if targets.ndim != 2:
             raise ValueError(f"soft targets must be 2-D (B, C), got shape {tuple(targets.shape)}")
         if num_classes is not None and targets.shape[1] != num_classes:
-            raise ValueError(
-                f"targets have {targets.shape[1]} classes but num_classes is {num_classes}"
-            )
+            raise ValueError(f"targets have {targets.shape[1]} classes but num_classes is {num_classes}")
         if smoothing == 0.0:
             return targets
         return targets * (1.0 - smoothing) + smoothing / targets.shape[1]
@@ -140,8 +131,7 @@ def soft_targets(
         low, high = torch.aminmax(targets)
         if low < 0 or high >= num_classes:
             raise ValueError(
-                f"targets must lie in [0, num_classes={num_classes}), got values in "
-                f"[{int(low)}, {int(high)}]"
+                f"targets must lie in [0, num_classes={num_classes}), got values in [{int(low)}, {int(high)}]"
             )
     off = smoothing / num_classes
     # A comparison against arange, not scatter or one_hot: elementwise, so it never syncs on CUDA.
@@ -165,9 +155,7 @@ class Params:
 
     def to(self, device: torch.device | str) -> Params:
         """Return a copy with every tensor field moved to ``device``."""
-        moved = {
-            field.name: _to(getattr(self, field.name), device) for field in dataclasses.fields(self)
-        }
+        moved = {field.name: _to(getattr(self, field.name), device) for field in dataclasses.fields(self)}
         return dataclasses.replace(self, **moved)
 
 
@@ -177,15 +165,6 @@ def _to(value: Any, device: torch.device | str) -> Any:
     if isinstance(value, Params):
         return value.to(device)
     return value
-
-
-def sample_partner(
-    batch: int, mode: Partner, device: torch.device, generator: torch.Generator | None
-) -> Tensor:
-    """Index (B,) of the image each sample is mixed with: its mirror, or a random permutation."""
-    if mode == "flip":
-        return torch.arange(batch - 1, -1, -1, device=device)
-    return torch.randperm(batch, generator=generator, device=device)
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -223,9 +202,7 @@ class BatchOp(ABC):
         """The generator to draw from for a batch on ``device`` (see the class docstring)."""
         if generator is not None:
             if not isinstance(generator, torch.Generator):
-                raise TypeError(
-                    f"generator must be a torch.Generator, got {type(generator).__name__}"
-                )
+                raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
             if not _same_device(torch.device(generator.device), device):
                 raise ValueError(
                     f"generator is on {generator.device} but the images are on {device}; "
@@ -338,9 +315,7 @@ class Augmentation(BatchOp):
         check_images(images)
         soft = soft_targets(targets, self.num_classes, self.label_smoothing)
         if soft.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"targets hold {soft.shape[0]} samples but images hold {images.shape[0]}"
-            )
+            raise ValueError(f"targets hold {soft.shape[0]} samples but images hold {images.shape[0]}")
         if soft.device != images.device:
             raise ValueError(f"targets are on {soft.device} but images are on {images.device}")
         return soft
@@ -357,13 +332,6 @@ class Augmentation(BatchOp):
 
     def _mix_targets(self, soft: Tensor, params: Params) -> Tensor:
         return soft
-
-
-def check_partner(partner: object) -> Partner:
-    """Return ``partner`` if it is "flip" or "permute", else raise naming it."""
-    if partner not in ("flip", "permute"):
-        raise ValueError(f"partner must be 'flip' or 'permute', got {partner!r}")
-    return partner  # type: ignore[return-value]
 
 
 # --- choosing among operators --------------------------------------------------------------------

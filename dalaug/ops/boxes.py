@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dalaug.ops.pairing import mix_with_mirror_, take_partner
+
 
 def cut_sizes(lam: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
     """Side lengths ``floor(sqrt(1 - λ) * H)`` and ``floor(sqrt(1 - λ) * W)`` as int64 tensors.
@@ -73,7 +75,9 @@ def kept_fraction(boxes: Tensor, height: int, width: int) -> Tensor:
     return (total - area).to(torch.float32) / total
 
 
-def paste_boxes(images: Tensor, partner: Tensor, boxes: Tensor, *, inplace: bool) -> Tensor:
+def paste_boxes(
+    images: Tensor, partner: Tensor, boxes: Tensor, *, inplace: bool, mirrored: bool = False
+) -> Tensor:
     """Copy each partner image's box region onto the image: the pixel move of CutMix.
 
     Args:
@@ -81,6 +85,8 @@ def paste_boxes(images: Tensor, partner: Tensor, boxes: Tensor, *, inplace: bool
         partner: int64 (N,): sample i receives the patch of image ``partner[i]``.
         boxes: int64 (1, 4), one box for the whole batch, or (N, 4), one per sample.
         inplace: write into ``images``.
+        mirrored: ``partner`` is the mirror pairing i <-> N - 1 - i, so one shared box can be
+            pasted by swapping the patches of the two batch halves.
 
     Returns:
         The mixed batch (``images`` itself when ``inplace``).
@@ -91,11 +97,19 @@ def paste_boxes(images: Tensor, partner: Tensor, boxes: Tensor, *, inplace: bool
         # would have to come back to the host (a sync), so CUDA takes the mask path below.
         top, bottom, left, right = boxes[0].tolist()
         out = images if inplace else images.clone()
-        out[:, :, top:bottom, left:right] = images[:, :, top:bottom, left:right].index_select(
-            0, partner
-        )
+        patch = out[:, :, top:bottom, left:right]
+        if mirrored:
+            mix_with_mirror_(patch, take_partner)
+        else:
+            patch.copy_(patch.index_select(0, partner))
         return out
-    mask = box_mask(boxes, height, width)[:, None]
+    mask = box_mask(boxes, height, width)[:, None].expand(images.shape[0], 1, height, width)
+    if mirrored:
+
+        def select(own: Tensor, other: Tensor, index: Tensor, out: Tensor | None) -> Tensor:
+            return torch.where(mask.index_select(0, index), other, own, out=out)
+
+        return mix_with_mirror_(images if inplace else images.clone(), select)
     donors = images.index_select(0, partner)
     if inplace:
         return torch.where(mask, donors, images, out=images)

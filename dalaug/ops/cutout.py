@@ -130,21 +130,49 @@ class Cutout(Augmentation):
         holes = boxes_around(centre_y, centre_x, box_h * applied, box_w * applied, height, width)
         noise = None
         if self.fill == "noise":
-            noise = torch.randn(
-                images.shape, generator=generator, device=device, dtype=images.dtype
-            )
+            noise = torch.randn(images.shape, generator=generator, device=device, dtype=images.dtype)
         return CutoutParams(holes, noise)
 
     def _apply_images(self, images: Tensor, params: CutoutParams) -> Tensor:
-        height, width = images.shape[-2:]
-        mask = box_mask(params.holes, height, width).any(dim=1, keepdim=True)
-        if params.noise is None:
-            # masked_fill_ writes only the hole pixels: the cheapest erase there is in place.
-            return (
-                images.masked_fill_(mask, self.fill)
-                if self.inplace
-                else images.masked_fill(mask, self.fill)
-            )
-        if self.inplace:
-            return torch.where(mask, params.noise, images, out=images)
-        return torch.where(mask, params.noise, images)
+        fill = self.fill if params.noise is None else params.noise
+        if images.device.type == "cpu":
+            return erase_sliced(images, params.holes, fill, inplace=self.inplace)
+        return erase_masked(images, params.holes, fill, inplace=self.inplace)
+
+
+def erase_sliced(images: Tensor, holes: Tensor, fill: float | Tensor, *, inplace: bool) -> Tensor:
+    """Fill each hole by slicing, one hole at a time: the CPU path.
+
+    On the CPU the holes are already on the host, and writing only the hole pixels beats any
+    full-batch masked pass (the loop costs microseconds per hole). On CUDA reading the holes
+    back would wait for the device, hence ``erase_masked`` there.
+
+    Args:
+        images: (N, C, H, W).
+        holes: int64 (N, K, 4) rows (top, bottom, left, right).
+        fill: a number, or a tensor shaped like ``images`` to copy the hole pixels from.
+        inplace: write into ``images``.
+
+    Returns:
+        The erased batch (``images`` itself when ``inplace``).
+    """
+    out = images if inplace else images.clone()
+    for index, sample_holes in enumerate(holes.tolist()):
+        for top, bottom, left, right in sample_holes:
+            region = (index, slice(None), slice(top, bottom), slice(left, right))
+            out[region] = fill if isinstance(fill, float) else fill[region]
+    return out
+
+
+def erase_masked(images: Tensor, holes: Tensor, fill: float | Tensor, *, inplace: bool) -> Tensor:
+    """Fill each hole through a broadcast mask, without reading the holes on the host.
+
+    Arguments and result as for ``erase_sliced``.
+    """
+    height, width = images.shape[-2:]
+    mask = box_mask(holes, height, width).any(dim=1, keepdim=True)
+    if isinstance(fill, float):
+        return images.masked_fill_(mask, fill) if inplace else images.masked_fill(mask, fill)
+    if inplace:
+        return torch.where(mask, fill, images, out=images)
+    return torch.where(mask, fill, images)

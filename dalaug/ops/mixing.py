@@ -6,8 +6,9 @@
 
 Both pair every sample with a partner from the same batch (its mirror, ``flip``, as in timm, or a
 random permutation) and draw λ ~ Beta(α, α) from the operator's generator, one per batch or one per
-sample. All parameters are tensors on the batch's device and nothing waits for the device, except
-CutMix's single box on the CPU, which is read on the host to copy only the patch.
+sample. All parameters are tensors on the batch's device and nothing on CUDA waits for the device.
+On the CPU, where reading a parameter on the host is free, CutMix slices its single box to copy
+only the patch. The mirror pairing mixes blocks of pairs in place (see ``dalaug.ops.pairing``).
 """
 
 from __future__ import annotations
@@ -17,16 +18,9 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from dalaug.ops.base import (
-    Augmentation,
-    Params,
-    Partner,
-    check_partner,
-    check_positive,
-    mix_soft_targets,
-    sample_partner,
-)
+from dalaug.ops.base import Augmentation, Params, check_positive, mix_soft_targets
 from dalaug.ops.boxes import boxes_around, cut_sizes, kept_fraction, paste_boxes
+from dalaug.ops.pairing import Partner, check_partner, mix_with_mirror_, sample_partner
 from dalaug.ops.sampling import sample_beta
 
 
@@ -38,11 +32,14 @@ class MixupParams(Params):
         lam: float32 (N,), weight of each image's own pixels (1 where the sample was not mixed).
         label_lam: float32 (N,), weight of each image's own label; ``lam`` unless ``label_alpha``.
         partner: int64 (N,), the image each sample is mixed with.
+        mirrored: True when ``partner`` is the mirror pairing i <-> N - 1 - i ("flip"), which
+            lets the in-place path swap batch halves instead of copying the whole batch.
     """
 
     lam: Tensor
     label_lam: Tensor
     partner: Tensor
+    mirrored: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +51,13 @@ class BoxParams(Params):
             right), bottom/right exclusive, clipped. Empty where the sample was not mixed.
         lam: float32 (N,), the exact share of each image's pixels kept from itself.
         partner: int64 (N,), the image each sample takes its patch from.
+        mirrored: True when ``partner`` is the mirror pairing i <-> N - 1 - i ("flip").
     """
 
     boxes: Tensor
     lam: Tensor
     partner: Tensor
+    mirrored: bool = False
 
 
 def exact_weight(lam: Tensor, dtype: torch.dtype) -> Tensor:
@@ -119,9 +118,7 @@ class Mixup(Augmentation):
             seed=seed,
         )
         self.alpha = check_positive("alpha", alpha)
-        self.label_alpha = (
-            None if label_alpha is None else check_positive("label_alpha", label_alpha)
-        )
+        self.label_alpha = None if label_alpha is None else check_positive("label_alpha", label_alpha)
         self.per_sample = bool(per_sample)
         self.partner = check_partner(partner)
 
@@ -131,23 +128,29 @@ class Mixup(Augmentation):
         lam = sample_beta(self.alpha, self.alpha, n, device=device, generator=generator)
         label_lam = lam
         if self.label_alpha is not None:
-            label_lam = sample_beta(
-                self.label_alpha, self.label_alpha, n, device=device, generator=generator
-            )
+            label_lam = sample_beta(self.label_alpha, self.label_alpha, n, device=device, generator=generator)
         applied = self._applied(n, device, generator)
         lam = exact_weight(torch.where(applied, lam, 1.0), images.dtype)
         label_lam = lam if self.label_alpha is None else torch.where(applied, label_lam, 1.0)
         partner = sample_partner(batch, self.partner, device, generator)
-        return MixupParams(lam.expand(batch), label_lam.expand(batch), partner)
+        mirrored = self.partner == "flip"
+        return MixupParams(lam.expand(batch), label_lam.expand(batch), partner, mirrored)
 
     def _apply_images(self, images: Tensor, params: MixupParams) -> Tensor:
+        # Every path computes lerp(x, x_partner, 1 - λ), which returns x exactly at weight 0 (so
+        # unmixed samples come back bit for bit) and rounds the same way in each path.
+        weight = (1.0 - params.lam).to(images.dtype).view(-1, 1, 1, 1)
+        if params.mirrored:
+
+            def blend(own: Tensor, other: Tensor, index: Tensor, out: Tensor | None) -> Tensor:
+                return torch.lerp(own, other, weight.index_select(0, index), out=out)
+
+            return mix_with_mirror_(images if self.inplace else images.clone(), blend)
         donors = images.index_select(0, params.partner)
-        shape = (-1, 1, 1, 1)
-        # lerp(a, b, w) returns a exactly at w = 0, so unmixed samples come back bit for bit.
-        # The out-of-place form blends into the partner copy: one batch-sized allocation, not two.
         if self.inplace:
-            return images.lerp_(donors, (1.0 - params.lam).to(images.dtype).view(shape))
-        return donors.lerp_(images, params.lam.to(images.dtype).view(shape))
+            return images.lerp_(donors, weight)
+        # Blend into the partner copy: one batch-sized allocation, not two.
+        return torch.lerp(images, donors, weight, out=donors)
 
     def _mix_targets(self, soft: Tensor, params: MixupParams) -> Tensor:
         return mix_soft_targets(soft, params.label_lam, params.partner)
@@ -216,7 +219,8 @@ class CutMix(Augmentation):
         partner = sample_partner(batch, self.partner, device, generator)
         centre_y, centre_x = self._centres(images, partner, n, generator)
         boxes = boxes_around(centre_y, centre_x, box_h, box_w, height, width)
-        return BoxParams(boxes, kept_fraction(boxes, height, width).expand(batch), partner)
+        lam = kept_fraction(boxes, height, width).expand(batch)
+        return BoxParams(boxes, lam, partner, self.partner == "flip")
 
     def _centres(
         self, images: Tensor, partner: Tensor, n: int, generator: torch.Generator | None
@@ -228,7 +232,9 @@ class CutMix(Augmentation):
         return centre_y, centre_x
 
     def _apply_images(self, images: Tensor, params: BoxParams) -> Tensor:
-        return paste_boxes(images, params.partner, params.boxes, inplace=self.inplace)
+        return paste_boxes(
+            images, params.partner, params.boxes, inplace=self.inplace, mirrored=params.mirrored
+        )
 
     def _mix_targets(self, soft: Tensor, params: BoxParams) -> Tensor:
         return mix_soft_targets(soft, params.lam, params.partner)

@@ -16,13 +16,13 @@ spectral-residual map, and the default computes a map and a box for every partne
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from kornia.color import rgb_to_grayscale
 from kornia.filters import box_blur, gaussian_blur2d
 from torch import Tensor
 
-from dalaug.ops.base import Partner, check_count, check_images
+from dalaug.ops.base import check_count, check_images
 from dalaug.ops.mixing import CutMix
+from dalaug.ops.pairing import Partner
 
 SALIENCY_SIZE = 64
 
@@ -30,9 +30,11 @@ SALIENCY_SIZE = 64
 def spectral_residual_saliency(images: Tensor, size: int = SALIENCY_SIZE) -> Tensor:
     """Spectral-residual saliency maps of a batch, at ``size`` x ``size`` resolution.
 
-    The gray image is first shifted so that its minimum is 0. That changes only the DC term of
-    the spectrum, and makes the map the same for a photo and for its normalised version (whose
-    mean is near 0, where the log amplitude at DC would be meaningless).
+    The image is resized before it is turned gray (both are linear, so the order does not change
+    the result), with two small matrix products, so no full-size temporary is made. The small
+    gray image is shifted so that its minimum is 0: that changes only the DC term of the spectrum,
+    and makes the map the same for a photo and for its normalised version (whose mean is near 0,
+    where the log amplitude at DC would be meaningless).
 
     Args:
         images: float (N, 3, H, W) RGB or (N, 1, H, W) gray, any value range.
@@ -49,15 +51,16 @@ def spectral_residual_saliency(images: Tensor, size: int = SALIENCY_SIZE) -> Ten
     """
     check_images(images)
     check_count("size", size, minimum=3)
-    if images.shape[1] == 3:
-        gray = rgb_to_grayscale(images.float())
-    elif images.shape[1] == 1:
-        gray = images.float()
-    else:
+    if images.shape[1] not in (1, 3):
         raise ValueError(f"images must have 1 or 3 channels, got {images.shape[1]}")
+    height, width = images.shape[-2:]
+    rows = bilinear_matrix(height, size, images.device, images.dtype)
+    cols = bilinear_matrix(width, size, images.device, images.dtype)
+    # Columns first: (N, C, H, W) @ (W, size) is the only product that reads the full batch.
+    small = (rows @ (images @ cols.T)).float()
+    gray = rgb_to_grayscale(small) if images.shape[1] == 3 else small
     gray = gray - gray.amin(dim=(-2, -1), keepdim=True)
-    small = F.interpolate(gray, size=(size, size), mode="bilinear", align_corners=False)
-    spectrum = torch.fft.fft2(small)
+    spectrum = torch.fft.fft2(gray)
     tiny = torch.finfo(torch.float32).tiny
     log_amplitude = spectrum.abs().clamp_min(tiny).log()
     # exp(residual + i·phase) = spectrum / |spectrum| · exp(log A - mean3x3(log A))
@@ -68,6 +71,23 @@ def spectral_residual_saliency(images: Tensor, size: int = SALIENCY_SIZE) -> Ten
     saliency = gaussian_blur2d(magnitude, (5, 5), (8.0, 8.0), border_type="reflect").square()
     saliency = saliency / saliency.amax(dim=(-2, -1), keepdim=True).clamp_min(tiny)
     return saliency[:, 0]
+
+
+def bilinear_matrix(size_in: int, size_out: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(size_out, size_in) matrix of bilinear resampling without antialiasing.
+
+    Half-pixel centres, borders clamped: what ``F.interpolate(mode="bilinear",
+    align_corners=False)`` and OpenCV's ``INTER_LINEAR`` compute, as a matrix, because on the CPU
+    ``F.interpolate`` makes a full-size copy of the batch first.
+    """
+    scale = size_in / size_out
+    source = ((torch.arange(size_out, device=device) + 0.5) * scale - 0.5).clamp_min(0.0)
+    low = source.floor().long().clamp_max(size_in - 1)
+    high = (low + 1).clamp_max(size_in - 1)
+    frac = (source - low).clamp(0.0, 1.0)
+    inputs = torch.arange(size_in, device=device)
+    matrix = (1 - frac)[:, None] * (inputs == low[:, None]) + frac[:, None] * (inputs == high[:, None])
+    return matrix.to(dtype)
 
 
 def saliency_peaks(images: Tensor, size: int = SALIENCY_SIZE) -> Tensor:
@@ -86,9 +106,7 @@ def saliency_peaks(images: Tensor, size: int = SALIENCY_SIZE) -> Tensor:
     flat = saliency.flatten(1).argmax(dim=1)
     row, col = flat // size, flat % size
     # Centre of cell k of `size` cells over n pixels: floor((k + 1/2) · n / size), in integers.
-    return torch.stack(
-        [(2 * row + 1) * height // (2 * size), (2 * col + 1) * width // (2 * size)], 1
-    )
+    return torch.stack([(2 * row + 1) * height // (2 * size), (2 * col + 1) * width // (2 * size)], 1)
 
 
 class SaliencyMix(CutMix):

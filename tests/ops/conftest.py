@@ -19,13 +19,9 @@ FACTORIES: dict[str, Callable[..., Augmentation]] = {
         alpha=0.4, num_classes=NUM_CLASSES, per_sample=True, partner="permute", **kw
     ),
     "cutmix": lambda **kw: CutMix(alpha=1.0, num_classes=NUM_CLASSES, **kw),
-    "cutmix_per_sample": lambda **kw: CutMix(
-        alpha=1.0, num_classes=NUM_CLASSES, per_sample=True, **kw
-    ),
+    "cutmix_per_sample": lambda **kw: CutMix(alpha=1.0, num_classes=NUM_CLASSES, per_sample=True, **kw),
     "cutout": lambda **kw: Cutout(size=12, num_holes=2, num_classes=NUM_CLASSES, **kw),
-    "cutout_noise": lambda **kw: Cutout(
-        scale=(0.05, 0.3), fill="noise", num_classes=NUM_CLASSES, **kw
-    ),
+    "cutout_noise": lambda **kw: Cutout(scale=(0.05, 0.3), fill="noise", num_classes=NUM_CLASSES, **kw),
     "saliencymix": lambda **kw: SaliencyMix(alpha=1.0, num_classes=NUM_CLASSES, **kw),
     "saliencymix_official": lambda **kw: SaliencyMix(
         alpha=1.0, num_classes=NUM_CLASSES, per_sample=False, partner="permute", **kw

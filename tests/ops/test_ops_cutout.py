@@ -7,6 +7,7 @@ import torch
 
 from dalaug.ops import Cutout, soft_targets
 from dalaug.ops.boxes import box_mask
+from dalaug.ops.cutout import erase_masked, erase_sliced
 
 
 @pytest.mark.parametrize("fill", [0.0, 0.5, "noise"])
@@ -40,3 +41,13 @@ def test_cutout_keeps_soft_targets(make_batch):
     soft = soft_targets(targets, 10, label_smoothing=0.2)
     _, out = Cutout(size=4, seed=0)(images, soft)
     assert torch.equal(out, soft)
+
+
+@pytest.mark.parametrize("fill", [0.0, -1.5, "noise"])
+def test_cpu_slicing_and_device_masking_agree(make_batch, fill):
+    images, _ = make_batch()
+    params = Cutout(scale=(0.05, 0.5), num_holes=3, fill=fill, seed=0).sample(images)
+    value = fill if params.noise is None else params.noise
+    sliced = erase_sliced(images, params.holes, value, inplace=False)
+    masked = erase_masked(images, params.holes, value, inplace=False)
+    assert torch.equal(sliced, masked)

@@ -20,9 +20,7 @@ def _mixed_one_hot(targets: torch.Tensor, params) -> torch.Tensor:
 
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("partner", ["flip", "permute"])
-def test_mixup_output_is_the_convex_combination_with_the_returned_lambda(
-    batch, per_sample, partner
-):
+def test_mixup_output_is_the_convex_combination_with_the_returned_lambda(batch, per_sample, partner):
     images, targets = batch
     op = Mixup(alpha=1.0, num_classes=10, per_sample=per_sample, partner=partner, seed=0)
     params = op.sample(images)
@@ -103,15 +101,34 @@ def test_cutmix_lambda_is_the_exact_share_of_pixels_kept(device, dtype, per_samp
         assert params.boxes.shape == ((8, 4) if per_sample else (1, 4))
 
 
-def test_cutmix_host_slice_and_device_mask_paths_agree(make_batch):
-    images, targets = make_batch()
-    op = CutMix(alpha=1.0, num_classes=10, seed=0)
+@pytest.mark.parametrize("partner", ["flip", "permute"])
+@pytest.mark.parametrize("batch_size", [1, 7, 8])
+def test_cutmix_host_slice_and_device_mask_paths_agree(make_batch, partner, batch_size):
+    images, targets = make_batch(shape=(batch_size, 3, 32, 32))
+    op = CutMix(alpha=1.0, num_classes=10, partner=partner, seed=0)
     params = op.sample(images)
     assert params.boxes.shape == (1, 4)
     sliced, _ = op.apply(images, targets, params)
-    masked_params = type(params)(params.boxes.expand(8, 4), params.lam, params.partner)
-    masked, _ = op.apply(images, targets, masked_params)
+    boxes = params.boxes.expand(batch_size, 4)  # one box per sample: the mask path
+    masked, _ = op.apply(images, targets, type(params)(boxes, params.lam, params.partner))
     assert torch.equal(sliced, masked)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 8])
+def test_mixup_mirrored_inplace_path_matches_the_formula(make_batch, batch_size):
+    """In place with flip swaps batch halves; odd batches keep their middle sample."""
+    images, targets = make_batch(shape=(batch_size, 3, 8, 8))
+    op = Mixup(alpha=1.0, num_classes=10, per_sample=True, seed=0)
+    params = op.sample(images)
+    assert params.mirrored
+    expected, _ = op.apply(images, targets, params)
+    generic = type(params)(params.lam, params.label_lam, params.partner)  # not marked mirrored
+    out, _ = Mixup(num_classes=10, inplace=True).apply(images.clone(), targets, generic)
+    assert torch.equal(out, expected)
+    out, _ = Mixup(num_classes=10, inplace=True).apply(images.clone(), targets, params)
+    assert torch.equal(out, expected)
+    if batch_size % 2:
+        assert torch.equal(out[batch_size // 2], images[batch_size // 2])
 
 
 def test_cutmix_patch_is_the_partners_pixels(batch):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dalaug.ops import SaliencyMix, saliency_peaks, spectral_residual_saliency
+from dalaug.ops.saliency import bilinear_matrix
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket"]
 
@@ -83,3 +84,12 @@ def test_saliency_peak_maps_back_to_full_resolution():
     images[..., 96:104, 8:14] = 1.0
     row, col = saliency_peaks(images)[0].tolist()
     assert 94 <= row < 106 and 6 <= col < 16
+
+
+@pytest.mark.parametrize(("size_in", "size_out"), [(224, 64), (301, 64), (40, 64), (3, 8)])
+def test_bilinear_matrix_matches_interpolate(size_in, size_out):
+    images = torch.randn(2, 3, size_in, size_in + 5)
+    rows = bilinear_matrix(size_in, size_out, images.device, images.dtype)
+    cols = bilinear_matrix(size_in + 5, size_out, images.device, images.dtype)
+    expected = F.interpolate(images, (size_out, size_out), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(rows @ images @ cols.T, expected)
