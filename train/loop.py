@@ -134,12 +134,13 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------------
 
-    def run(self) -> list[dict]:
+    def run(self, until: int | None = None) -> list[dict]:
+        """Train from the current epoch to the end (or up to epoch ``until``); return the history."""
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             config = {f.name: _jsonable(getattr(self.recipe, f.name)) for f in fields(self.recipe)}
             (self.out / "config.json").write_text(json.dumps(config, indent=2))
-        for epoch in range(self.start_epoch, self.recipe.epochs):
+        for epoch in range(self.start_epoch, min(until or self.recipe.epochs, self.recipe.epochs)):
             record = self.train_epoch(epoch)
             record.update(self.evaluate())
             record.update(self.measure_gap())

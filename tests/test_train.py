@@ -1,0 +1,136 @@
+"""The training entry point: a DataLoader-style loop, learning, resume, DDP, the plot, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_colour_folder
+
+import dalaug
+from train.__main__ import main
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = """
+import dalaug
+from train.recipe import Recipe
+
+heavy = dalaug.Phase({heavy}, policy="randaugment", operators=[dalaug.Mixup(alpha=1.0, num_classes=4)], name="heavy")
+recipe = Recipe(
+    name="tiny", model="preact_resnet18", model_kwargs={{"width": 4}}, data={data!r},
+    crop=16, eval_resize=16, scale=(0.5, 1.0), flip=False, batch_size=8, lr=0.05,
+    phases=dalaug.refine(heavy, epochs={refine}), lr_schedule="step", milestones=({milestone},),
+    gap_samples=16, seed=0,
+)
+"""
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colour_data")
+    write_colour_folder(root / "train", per_class=6, size=24)
+    write_colour_folder(root / "val", per_class=2, size=24)
+    return root
+
+
+def write_recipe(tmp_path: Path, data: Path, heavy: int = 3, refine: int = 1) -> Path:
+    path = tmp_path / "tiny.py"
+    path.write_text(RECIPE.format(data=str(data), heavy=heavy, refine=refine, milestone=heavy))
+    return path
+
+
+def history(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_dataloader_style_imagenet_loop_runs_unchanged(colour_data):
+    # The shape of pytorch/examples' imagenet/main.py train(): only the loader line differs.
+    train_loader = dalaug.Loader(colour_data / "train", 8, crop=16, device="cpu")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
+    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), 0.1)
+    steps = 0
+    for _epoch in range(2):
+        for i, (images, target) in enumerate(train_loader):
+            images, target = images.to("cpu", non_blocking=True), target.to("cpu", non_blocking=True)
+            loss = criterion(model(images), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            assert i < len(train_loader)
+    assert steps == 2 * len(train_loader) == 2 * (24 // 8)
+
+
+def test_training_lowers_the_loss_and_writes_metrics_and_a_png(colour_data, tmp_path):
+    out = tmp_path / "run"
+    assert (
+        main(["--recipe", str(write_recipe(tmp_path, colour_data)), "--out", str(out), "--device", "cpu"])
+        == 0
+    )
+    records = history(out)
+    assert [r["phase"] for r in records] == ["heavy"] * 3 + ["refine"]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert records[-1]["top1"] >= 75.0  # solid colours: easy to learn
+    assert {"clean_train_loss", "augmented_train_loss", "test_loss", "top5"} <= records[-1].keys()
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((out / "config.json").read_text())
+    assert config["name"] == "tiny" and config["batch_size"] == 8
+
+
+def test_resume_continues_the_same_schedule_to_the_same_weights(colour_data, tmp_path):
+    from train.loop import Trainer
+    from train.recipe import load_recipe
+
+    recipe = write_recipe(tmp_path, colour_data, heavy=2, refine=2)
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert main(["--recipe", str(recipe), "--out", str(whole), "--device", "cpu"]) == 0
+    # An interrupted run: 2 epochs (the checkpoint is written after each), then a new process resumes.
+    Trainer(load_recipe(recipe), resumed, device="cpu").run(until=2)
+    assert [r["phase"] for r in history(resumed)] == ["heavy", "heavy"]
+    assert main(["--recipe", str(recipe), "--out", str(resumed), "--device", "cpu", "--resume"]) == 0
+    ours = torch.load(resumed / "checkpoint.pt", weights_only=False)["model"]
+    theirs = torch.load(whole / "checkpoint.pt", weights_only=False)["model"]
+    for name in theirs:
+        assert torch.allclose(ours[name].float(), theirs[name].float(), atol=1e-5), name
+    assert [r["phase"] for r in history(resumed)][-2:] == ["refine", "refine"]
+
+
+def test_two_process_torchrun_trains_each_rank_on_its_shard(colour_data, tmp_path):
+    out = tmp_path / "ddp"
+    recipe = write_recipe(tmp_path, colour_data, heavy=1, refine=1)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+               "-m", "train", "--recipe", str(recipe), "--out", str(out), "--device", "cpu"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = history(out)
+    assert len(records) == 2  # rank 0 alone writes
+    # 24 training images, batch 8 per rank: each rank has 12 samples -> 1 full batch per epoch
+    assert records[0]["images_per_s"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--data", "/nonexistent/data"], "--data"),
+        (["--recipe", "/nonexistent/recipe.py"], "recipe"),
+        (["--model", "resnet19"], "model"),
+    ],
+)
+def test_cli_errors_name_the_culprit(colour_data, tmp_path, capsys, args, match):
+    recipe = write_recipe(tmp_path, colour_data)
+    assert main(["--recipe", str(recipe), "--out", str(tmp_path / "x"), "--device", "cpu", *args]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_a_recipe_that_fails_to_load_is_reported(tmp_path, capsys):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import dalaug\nrecipe = dalaug.Phase(epochs=0)\n")
+    assert main(["--recipe", str(bad)]) == 2
+    assert "bad.py" in capsys.readouterr().err
