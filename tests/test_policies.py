@@ -57,24 +57,37 @@ def test_autoaugment_imagenet_applies_its_sub_policies_at_their_probabilities(gr
     assert result.pvalue > 1e-3, (changed, seen, expected)
 
 
-@pytest.mark.parametrize(
-    "policy", ["autoaugment", "randaugment", "trivialaugment", dalaug.AutoAugment("svhn")]
-)
-def test_policy_changes_photos_and_none_leaves_only_the_crop(photo_folder, policy):
+@pytest.fixture(scope="module")
+def square_photos(photo_folder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("square")
+    for path in sorted(photo_folder.rglob("*.jpg")):
+        image = Image.open(path)
+        side = min(image.size)
+        (root / path.parent.name).mkdir(exist_ok=True)
+        image.crop((0, 0, side, side)).save(root / path.parent.name / path.name, quality=95)
+    return root
+
+
+POLICIES = ["autoaugment", "randaugment", "trivialaugment", dalaug.AutoAugment("svhn")]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_policy_changes_photos_and_none_leaves_only_the_crop(square_photos, policy):
     def run(policy):
         loader = dalaug.Loader(
-            photo_folder, 20, crop=CROP, device="cpu", flip=False, policy=policy, scale=(1.0, 1.0), seed=1
-        )
-        return torch.cat([x for x, _ in loader])
+            square_photos, 20, crop=CROP, device="cpu", flip=False, policy=policy,
+            scale=(1.0, 1.0), ratio=(1.0, 1.0), seed=1,
+        )  # fmt: skip
+        return [(x, loader.sample_ids.clone()) for x, _ in loader]
 
-    clean, augmented = run(None), run(policy)
-    # eval path: the same full-image resize with no randomness at all
-    reference = dalaug.Loader(photo_folder, 20, train=False, crop=CROP, resize=CROP, device="cpu")
-    ordered = torch.cat([x for x, _ in reference])
-    changed = (clean - augmented).flatten(1).abs().amax(1) > 1e-3
-    assert changed.float().mean() > 0.3
-    # scale=1 and a ratio range containing the image's: crop+flip-off leaves whole, resized images
-    assert clean.shape == ordered.shape
+    # Whole square images resized to CROP: the clean train graph must equal the eval graph.
+    reference = dalaug.Loader(square_photos, 60, train=False, crop=CROP, resize=CROP, device="cpu")
+    whole = next(iter(reference))[0]
+    for (clean, ids), (augmented, same_ids) in zip(run(None), run(policy), strict=True):
+        assert torch.equal(ids, same_ids)
+        assert (clean - whole[ids]).abs().max() < 0.05
+        changed = (clean - augmented).flatten(1).abs().amax(1) > 1e-3
+        assert changed.float().mean() > 0.3
 
 
 def test_autoaugment_imagenet_is_torchvisions_paper_policy():
@@ -88,7 +101,7 @@ def test_autoaugment_imagenet_is_torchvisions_paper_policy():
 def test_every_policy_op_exists_and_policies_build():
     for variant, table in AUTOAUGMENT_POLICIES.items():
         assert {name for sub in table for name, _, _ in sub} <= set(OPS), variant
-        dalaug.AutoAugment(variant).policy  # DALI's Policy checks every entry when built
+        assert dalaug.AutoAugment(variant).policy.sub_policies  # DALI's Policy checks each entry
 
 
 @pytest.mark.parametrize(
