@@ -1,0 +1,169 @@
+"""The distribution-gap monitor: a model's loss on clean and on augmented versions of the same samples.
+
+He et al., "Data Augmentation Revisited: Rethinking the Distribution Gap between Clean and Augmented
+Data" (2019), Table 2: the cross-entropy of a trained model on the augmented training data,
+R̂(f|P_aug), stays far above its cross-entropy on the clean training data, R̂(f|P), after heavy
+augmentation (Mixup most of all), and both fall during the clean refinement phase. Logging
+:func:`measure_gap` once per epoch on a few fixed training batches shows that gap, and shows it
+shrinking once a :class:`~dalaug.Schedule` switches to the clean pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dalaug.ops import BatchOp
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Mean cross-entropies of one model on the same samples, clean and augmented.
+
+    Attributes:
+        clean: mean loss on the clean samples, R̂(f|P) in the paper.
+        augmented: mean loss on their augmented version (soft targets), R̂(f|P_aug).
+        samples: how many samples the means are over.
+    """
+
+    clean: float
+    augmented: float
+    samples: int
+
+    @property
+    def gap(self) -> float:
+        """``augmented - clean``: how much harder the augmented samples are for the model."""
+        return self.augmented - self.clean
+
+
+def measure_gap(
+    model: torch.nn.Module,
+    clean: Iterable[tuple[Tensor, Tensor]],
+    operators: Sequence[Callable[..., Any]] = (),
+    *,
+    augmented: Iterable[tuple[Tensor, Tensor]] | None = None,
+    seed: int = 0,
+) -> Gap:
+    """The model's mean loss on clean batches and on the augmented version of the same samples.
+
+    The model runs in eval mode without gradients (its mode is restored afterwards). The
+    augmented version of a batch is the matching ``augmented`` batch (the pipeline with the
+    policy), or the clean batch itself, passed through ``operators`` in order. The operators draw
+    from a generator seeded with ``seed``, so repeated measurements see the same mixing and the
+    operators' own random streams, which training uses, are left untouched.
+
+    Use whole, small iterables: a list of batches, or a dedicated Loader over a few hundred
+    training samples. Not the training loader itself: breaking off its epoch ends that epoch.
+
+    Args:
+        model: the classifier; its logits' width is the number of classes.
+        clean: batches ``(images, targets)`` of the clean pipeline, targets int64 (B,).
+        operators: batch operators, e.g. the heavy phase's Mixup (not :class:`~dalaug.Fade`
+            wrappers: pass ``fade.op``). Empty: the augmentation is the ``augmented`` pipeline's.
+        augmented: batches of the same samples, in the same order, through the augmented
+            pipeline: e.g. a Loader with the policy and the clean one's seed, set to the same
+            epoch. None: the operators act on the clean batches.
+        seed: seed of the operators' generator.
+
+    Returns:
+        A :class:`Gap` with both mean losses and the sample count.
+
+    Example:
+        >>> import torch
+        >>> from dalaug.ops import Mixup
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+        >>> batches = [(torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))) for _ in range(2)]
+        >>> gap = measure_gap(model, batches, [Mixup(alpha=1.0, num_classes=4)])
+        >>> gap.samples
+        32
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(operators, (str, bytes)) or not isinstance(operators, Sequence):
+        raise TypeError(f"operators: expected a list of batch operators, got {operators!r}")
+    for op in operators:
+        if not callable(op):
+            raise TypeError(f"operators: expected batch operators (callables), got {op!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed: expected an int, got {seed!r}")
+    lengths = (_length(clean), None if augmented is None else _length(augmented))
+    if None not in lengths and lengths[0] != lengths[1]:
+        raise ValueError(
+            f"augmented: {lengths[1]} batches, but clean has {lengths[0]}; give both the same samples"
+        )
+    device = next((p.device for p in model.parameters()), None)
+    generators: dict[str, torch.Generator] = {}
+    was_training = model.training
+    model.eval()
+    clean_sum = augmented_sum = None
+    samples = 0
+    try:
+        with torch.no_grad():
+            others = iter(augmented) if augmented is not None else None
+            for index, (images, targets) in enumerate(clean):
+                images, targets = _to(images, device), _to(targets, device)
+                if others is None:
+                    aug_images, aug_targets = images, targets
+                else:
+                    aug_images, aug_targets = _matching(index, targets, others, clean, augmented)
+                    aug_images, aug_targets = _to(aug_images, device), _to(aug_targets, device)
+                key = str(aug_images.device)
+                if key not in generators:
+                    generators[key] = torch.Generator(aug_images.device).manual_seed(seed)
+                for op in operators:
+                    if isinstance(op, BatchOp):
+                        aug_images, aug_targets = op(aug_images, aug_targets, generator=generators[key])
+                    else:
+                        aug_images, aug_targets = op(aug_images, aug_targets)
+                # Sums stay on the device; one read at the end instead of a sync per batch.
+                clean_loss = _loss_sum(model(images), targets)
+                augmented_loss = _loss_sum(model(aug_images), aug_targets)
+                clean_sum = clean_loss if clean_sum is None else clean_sum + clean_loss
+                augmented_sum = augmented_loss if augmented_sum is None else augmented_sum + augmented_loss
+                samples += images.shape[0]
+    finally:
+        model.train(was_training)
+    if samples == 0:
+        raise ValueError("clean: no batches to measure")
+    return Gap(float(clean_sum) / samples, float(augmented_sum) / samples, samples)
+
+
+def _loss_sum(logits: Tensor, targets: Tensor) -> Tensor:
+    """Summed cross-entropy against class indices (B,) or soft targets (B, C)."""
+    logits = logits.float()
+    if targets.is_floating_point():
+        return -(targets.float() * F.log_softmax(logits, dim=1)).sum()
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def _matching(index: int, targets: Tensor, others, clean, augmented) -> tuple[Tensor, Tensor]:
+    """The augmented batch ``index``, checked to hold the clean batch's samples."""
+    try:
+        aug_images, aug_targets = next(others)
+    except StopIteration:
+        raise ValueError(f"augmented: ran out after {index} batches; give both the same samples") from None
+    ids, aug_ids = getattr(clean, "sample_ids", None), getattr(augmented, "sample_ids", None)
+    same_ids = ids is None or aug_ids is None or torch.equal(ids, aug_ids)
+    same_labels = aug_targets.shape == targets.shape and torch.equal(aug_targets.to(targets.device), targets)
+    if not (same_ids and same_labels):
+        raise ValueError(
+            f"augmented: batch {index} holds other samples than the clean one; build both loaders "
+            "with the same seed and set them to the same epoch"
+        )
+    return aug_images, aug_targets
+
+
+def _to(tensor: Tensor, device: torch.device | None) -> Tensor:
+    return tensor if device is None else tensor.to(device, non_blocking=True)
+
+
+def _length(batches: object) -> int | None:
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return None
