@@ -7,11 +7,13 @@
 ...     images, soft = mix(images, targets)
 """
 
+from dalaug import checkpoint
 from dalaug.gap import Gap, measure_gap
 from dalaug.loader import IMAGENET_MEAN, IMAGENET_STD, DecodeError, Loader
 from dalaug.ops import CutMix, Cutout, Mixup, RandomChoice, SaliencyMix, soft_targets
 from dalaug.policies import AutoAugment, RandAugment, TrivialAugment
 from dalaug.schedule import Fade, Phase, Schedule, early_stop, fade_out, refine
+from dalaug.verify import VerifyReport, verify
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -30,9 +32,12 @@ __all__ = [
     "SaliencyMix",
     "Schedule",
     "TrivialAugment",
+    "VerifyReport",
+    "checkpoint",
     "early_stop",
     "fade_out",
     "measure_gap",
     "refine",
     "soft_targets",
+    "verify",
 ]

@@ -81,6 +81,8 @@ class Loader:
             raises :class:`DecodeError`: up to ``int(max_bad_fraction * num_samples)`` bad files
             are left out and logged (so below 1000 samples the default allows none); 0 makes
             any bad file an error.
+        distributed: under ``torch.distributed``, read this rank's shard (True) or the whole data
+            set (False, e.g. for a side measurement every rank makes on the same samples).
 
     Example:
         >>> loader = Loader("data/train", batch_size=64, policy="autoaugment")  # doctest: +SKIP
@@ -109,6 +111,7 @@ class Loader:
         prefetch: int = 2,
         roi_decode: bool = True,
         max_bad_fraction: float = 0.001,
+        distributed: bool = True,
     ) -> None:
         _check_int("batch_size", batch_size)
         for name, flag in (("train", train), ("flip", flip), ("roi_decode", roi_decode)):
@@ -143,7 +146,7 @@ class Loader:
             batch_size=batch_size, train=train, crop=crop, resize=resize, scale=scale,
             ratio=ratio, flip=flip, policy=policy, mean=mean, std=std, dtype=dtype,
             device=device, seed=seed, num_threads=num_threads, prefetch=prefetch,
-            roi_decode=roi_decode, max_bad_fraction=max_bad_fraction,
+            roi_decode=roi_decode, max_bad_fraction=max_bad_fraction, distributed=distributed,
         )  # fmt: skip
         self.samples = resolve_source(source)
         self.classes: list[str] = list(self.samples.classes)
@@ -164,7 +167,7 @@ class Loader:
             half=dtype == torch.float16,
             roi_decode=roi_decode,
         )
-        sharding = _sharding()
+        sharding = _sharding() if distributed else Sharding()
         self.feed = EpochFeed(
             self.samples, batch_size, shuffle=train, drop_last=train, seed=seed, sharding=sharding
         )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,22 +85,41 @@ def test_training_lowers_the_loss_and_writes_metrics_and_a_png(colour_data, tmp_
     assert config["name"] == "tiny" and config["batch_size"] == 8
 
 
-def test_resume_continues_the_same_schedule_to_the_same_weights(colour_data, tmp_path):
-    from train.loop import Trainer
-    from train.recipe import load_recipe
-
+def test_sigkill_mid_epoch_then_resume_reaches_the_weights_of_an_uninterrupted_run(colour_data, tmp_path):
     recipe = write_recipe(tmp_path, colour_data, heavy=2, refine=2)
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert main(["--recipe", str(recipe), "--out", str(whole), "--device", "cpu"]) == 0
-    # An interrupted run: 2 epochs (the checkpoint is written after each), then a new process resumes.
-    Trainer(load_recipe(recipe), resumed, device="cpu").run(until=2)
-    assert [r["phase"] for r in history(resumed)] == ["heavy", "heavy"]
-    assert main(["--recipe", str(recipe), "--out", str(resumed), "--device", "cpu", "--resume"]) == 0
-    ours = torch.load(resumed / "checkpoint.pt", weights_only=False)["model"]
+    command = [
+        sys.executable,
+        "-m",
+        "train",
+        "--recipe",
+        str(recipe),
+        "--out",
+        str(killed),
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    # Kill during epoch 1: after epoch 0's checkpoint, before epoch 1's.
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    epochs_done = metrics.read_text().count("\n")
+    assert 1 <= epochs_done < 4, "the run must be killed before it finished"
+    assert main(["--recipe", str(recipe), "--out", str(killed), "--device", "cpu", "--resume"]) == 0
+    ours = torch.load(killed / "checkpoint.pt", weights_only=False)["model"]
     theirs = torch.load(whole / "checkpoint.pt", weights_only=False)["model"]
     for name in theirs:
         assert torch.allclose(ours[name].float(), theirs[name].float(), atol=1e-5), name
-    assert [r["phase"] for r in history(resumed)][-2:] == ["refine", "refine"]
+    assert [r["phase"] for r in history(killed)] == ["heavy", "heavy", "refine", "refine"]
+    assert [r["epoch"] for r in history(killed)] == [0, 1, 2, 3]
+    before = [r["train_loss"] for r in history(whole)]
+    assert [r["train_loss"] for r in history(killed)] == pytest.approx(before, rel=1e-5)
 
 
 def test_two_process_torchrun_trains_each_rank_on_its_shard(colour_data, tmp_path):

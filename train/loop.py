@@ -124,12 +124,11 @@ class Trainer:
         heavy = max(self.recipe.phases, key=lambda p: (p.policy is not None, len(p.operators)))
         self.gap_operators = [getattr(op, "op", op) for op in heavy.operators]  # unwrap Fades
         batch = min(self.recipe.batch_size, len(subset))
-        # Each rank measures the same samples: no sharding for this, just a side measurement.
+        # Each rank measures the same samples: no sharding for this side measurement.
         options = dict(crop=self.recipe.crop, scale=self.recipe.scale, flip=self.recipe.flip,
-                       seed=self.recipe.seed, device=self.device)  # fmt: skip
-        with _single_process():
-            clean = dalaug.Loader(subset, batch, policy=None, **options)
-            augmented = dalaug.Loader(subset, batch, policy=heavy.policy, **options)
+                       seed=self.recipe.seed, device=self.device, distributed=False)  # fmt: skip
+        clean = dalaug.Loader(subset, batch, policy=None, **options)
+        augmented = dalaug.Loader(subset, batch, policy=heavy.policy, **options)
         return clean, augmented
 
     # --- the loop -----------------------------------------------------------------------------
@@ -140,6 +139,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             config = {f.name: _jsonable(getattr(self.recipe, f.name)) for f in fields(self.recipe)}
             (self.out / "config.json").write_text(json.dumps(config, indent=2))
+            # The checkpoint's history is the truth: a run killed after logging an epoch but
+            # before checkpointing it must not log that epoch twice.
+            (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
         for epoch in range(self.start_epoch, min(until or self.recipe.epochs, self.recipe.epochs)):
             record = self.train_epoch(epoch)
             record.update(self.evaluate())
@@ -266,17 +268,6 @@ class Trainer:
             if repr(loader.spec.policy) == state["loader_policy"]:
                 loader.load_state_dict(loader_state)
         log.info("resumed from %s at epoch %d", path, self.start_epoch)
-
-
-class _single_process:
-    """Build loaders that read the whole data set on this rank even under torch.distributed."""
-
-    def __enter__(self):
-        self._patched = dalaug.loader._sharding
-        dalaug.loader._sharding = lambda: dalaug.feed.Sharding()
-
-    def __exit__(self, *exc):
-        dalaug.loader._sharding = self._patched
 
 
 def _format(record: dict) -> str:
