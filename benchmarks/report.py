@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 from pathlib import Path
 
 import torch
 
+HEADER = "# Benchmarks\n\nEach section is rewritten by the script it names.\n"
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
@@ -15,7 +17,7 @@ def machine() -> str:
     """One line naming the machine the figures come from."""
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    cores = len(__import__("os").sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
     return f"{platform.processor() or platform.machine()} CPU, {cores} cores, torch {torch.__version__}"
 
 
@@ -23,9 +25,12 @@ def write_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> None:
     """Replace the section between ``<!-- begin name -->`` and ``<!-- end name -->`` (append if new)."""
     begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
     block = f"{begin}\n{markdown.strip()}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section is rewritten by the script it names.\n"
+    text = path.read_text() if path.exists() else HEADER
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
 
 

@@ -22,7 +22,8 @@ RECIPE = """
 import dalaug
 from train.recipe import Recipe
 
-heavy = dalaug.Phase({heavy}, policy="randaugment", operators=[dalaug.Mixup(alpha=1.0, num_classes=4)], name="heavy")
+mixup = dalaug.Mixup(alpha=1.0, num_classes=4)
+heavy = dalaug.Phase({heavy}, policy="randaugment", operators=[mixup], name="heavy")
 recipe = Recipe(
     name="tiny", model="preact_resnet18", model_kwargs={{"width": 4}}, data={data!r},
     crop=16, eval_resize=16, scale=(0.5, 1.0), flip=False, batch_size=8, lr=0.05,

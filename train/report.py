@@ -3,6 +3,7 @@ clean and augmented training data, and what refinement does to it)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from train.recipe import Recipe
@@ -29,9 +30,9 @@ def summary_table(recipe: Recipe, history: list[dict]) -> str:
             continue
         r = rows[-1]
         name = phase.name or f"phase {index}"
+        clean, augmented = r.get("clean_train_loss", math.nan), r.get("augmented_train_loss", math.nan)
         lines.append(
-            f"{name:<22}{end + 1:>6}{r['top1']:>8.2f}{r['top5']:>8.2f}"
-            f"{r.get('clean_train_loss', float('nan')):>12.4f}{r.get('augmented_train_loss', float('nan')):>11.4f}"
+            f"{name:<22}{end + 1:>6}{r['top1']:>8.2f}{r['top5']:>8.2f}{clean:>12.4f}{augmented:>11.4f}"
         )
     return "\n".join(lines)
 
