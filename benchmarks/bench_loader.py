@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,31 +47,42 @@ def run_torchvision(root: str, policy: str | None, epochs: int) -> list[float]:
     return _time_epochs(loader, epochs)
 
 
-def _time_epochs(loader, epochs: int) -> list[float]:
-    rates = []
+def _time_epochs(loader, epochs: int) -> dict:
+    """Images/s and this process's resident memory (MB) after each epoch."""
+    rates, rss = [], []
     for _ in range(epochs + 1):  # the first epoch warms up (worker start, page cache)
         start, count = time.perf_counter(), 0
         for images, _ in loader:
             count += images.shape[0]
         rates.append(count / (time.perf_counter() - start))
-    return rates[1:]
+        rss.append(_rss_mb())
+    return {"rates": rates[1:], "rss_mb": rss}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
 
 
 RUNNERS = {"dalaug": run_dalaug, "torchvision": run_torchvision}
 
 
 def measure(name: str, root: str, policy: str | None, epochs: int) -> dict:
-    """Run one configuration in a fresh process; CPU time and peak RSS come from the OS."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run one configuration in a fresh process; its CPU time and peak RSS come from the OS."""
     code = (
         "import json, sys; from benchmarks.bench_loader import RUNNERS; "
         f"print(json.dumps(RUNNERS[{name!r}]({root!r}, {policy!r}, {epochs})))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rates = json.loads(out.stdout.strip().splitlines()[-1])
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return {"rates": rates, "cpu_s": cpu, "peak_mb": after.ru_maxrss / 1024}
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    out = process.stdout.read()
+    # wait4 gives this child's usage, its reaped worker processes included
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{name} {policy} failed with status {status}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(cpu_s=usage.ru_utime + usage.ru_stime, peak_mb=usage.ru_maxrss / 1024)
+    return result
 
 
 def main() -> None:
@@ -81,6 +91,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per pair")
     parser.add_argument("--data", default="data/bench-photos")
+    parser.add_argument("--memory-epochs", type=int, default=20, help="epochs of the memory run")
     args = parser.parse_args()
 
     from dalaug.datasets import write_photo_folder
@@ -108,6 +119,7 @@ def main() -> None:
             f"{peak['dalaug']:.0f}", f"{peak['torchvision']:.0f}",
         ])  # fmt: skip
         print(rows[-1], flush=True)
+    memory = measure("dalaug", str(root), "autoaugment", args.memory_epochs)
     table = markdown_table(
         ["policy", "dalaug img/s", "torchvision img/s", "ratio", "dalaug CPU-ms/img",
          "torchvision CPU-ms/img", "dalaug peak MB", "torchvision peak MB (largest process)"],
@@ -118,7 +130,11 @@ def main() -> None:
         f"## Loader: dalaug vs torchvision ImageFolder + DataLoader\n\n"
         f"`python -m benchmarks.bench_loader --images {args.images}` on {machine()}; "
         f"{num_images} JPEGs, batch {BATCH}, crop {CROP}, median of {args.epochs} epochs x "
-        f"{args.rounds} alternating rounds; date {time.strftime('%Y-%m-%d')}.\n\n{table}\n",
+        f"{args.rounds} alternating rounds; date {time.strftime('%Y-%m-%d')}.\n\n{table}\n\n"
+        + f"dalaug with AutoAugment over {args.memory_epochs} epochs: peak RSS {memory['peak_mb']:.0f} MB; "
+        + "resident memory after each epoch (MB): "
+        + ", ".join(f"{m:.0f}" for m in memory["rss_mb"])
+        + "\n",
     )
 
 
