@@ -156,3 +156,32 @@ def test_a_recipe_that_fails_to_load_is_reported(tmp_path, capsys):
     bad.write_text("import dalaug\nrecipe = dalaug.Phase(epochs=0)\n")
     assert main(["--recipe", str(bad)]) == 2
     assert "bad.py" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "pipelines").glob("*.py")), ids=lambda p: p.stem)
+def test_every_recipe_in_pipelines_loads_and_is_named_for_its_file(path):
+    from train.recipe import load_recipe
+
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem and recipe.epochs == sum(p.epochs for p in recipe.phases)
+    assert recipe.phases[-1].policy is None and not recipe.phases[-1].operators  # clean refinement
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"phases": []}, "phases"),
+        ({"lr": -1.0}, "lr"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr_schedule": "linear"}, "lr_schedule"),
+        ({"milestones": (5,)}, "milestones"),
+        ({"precision": "fp8"}, "precision"),
+        ({"warmup_epochs": 9}, "warmup_epochs"),
+    ],
+)
+def test_bad_recipe_fields_are_named(changes, match):
+    from train.recipe import Recipe
+
+    fields = {"name": "x", "model": "resnet18", "phases": [dalaug.Phase(3)], **changes}
+    with pytest.raises(ValueError, match=match):
+        Recipe(**fields)
