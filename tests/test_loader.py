@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from conftest import CLASS_COLOURS
+from data_colours import CLASS_COLOURS
 from torchvision.datasets import ImageFolder
 
 import dalaug

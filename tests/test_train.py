@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_colour_folder
+from data_colours import write_colour_folder
 
 import dalaug
 from train.__main__ import main
