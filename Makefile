@@ -1,20 +1,24 @@
 # The two commands of the README. Each creates (or reuses) .venv and installs the pinned
-# dependencies itself; the install re-runs only when pyproject.toml changes.
+# dependencies it needs; an install re-runs only when pyproject.toml changes.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
-INSTALLED := $(VENV)/.installed
-EXTRAS ?= cuda120,demo,test
+DALI ?= cuda120
 
 .PHONY: train test
 
-train: $(INSTALLED)
+train: $(VENV)/.installed-train
 	$(VENV)/bin/python -m train
 
-test: $(INSTALLED)
+test: $(VENV)/.installed-test
 	$(VENV)/bin/python -m pytest -q
 
-$(INSTALLED): pyproject.toml
+# train needs the library and the demo data writers; test adds pytest, scipy, OpenCV, ...
+$(VENV)/.installed-train: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e ".[$(EXTRAS)]"
+	$(VENV)/bin/python -m pip install -q -e ".[$(DALI),demo]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-train
+	$(VENV)/bin/python -m pip install -q -e ".[$(DALI),demo,test]"
 	touch $@
