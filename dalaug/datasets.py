@@ -6,6 +6,7 @@ Both writers read data that ships inside scikit-learn and scikit-image, so they 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -98,13 +99,16 @@ def write_digits(
     Returns:
         (train folder, test folder).
     """
-    image_module = _require("PIL.Image")
-    digits = _require("sklearn.datasets").load_digits()
     root = Path(root)
     stamp = root / f".written-{train_per_class}-{size}-{seed}"
     train_dir, test_dir = root / "train", root / "test"
     if stamp.exists():
         return train_dir, test_dir
+    # Written before with other settings (or interrupted): start from empty folders.
+    for old in (train_dir, test_dir, *root.glob(".written-*")):
+        shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+    image_module = _require("PIL.Image")
+    digits = _require("sklearn.datasets").load_digits()
     rng = np.random.default_rng(seed)
     pixels = (digits.images * (255.0 / 16.0)).astype(np.uint8)
     for label in range(10):

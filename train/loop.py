@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -119,8 +120,10 @@ class Trainer:
         if not self.recipe.gap_samples:
             return None
         samples = train_loader.samples
-        keep = list(range(min(self.recipe.gap_samples, len(samples))))
-        subset = samples.without(sorted(set(range(len(samples))) - set(keep)))
+        # A fixed random subset: ImageFolders list samples class by class, so the first N would
+        # often be one class.
+        order = np.random.default_rng(self.recipe.seed).permutation(len(samples))
+        subset = samples.without(order[self.recipe.gap_samples :])
         heavy = max(self.recipe.phases, key=lambda p: (p.policy is not None, len(p.operators)))
         self.gap_operators = [getattr(op, "op", op) for op in heavy.operators]  # unwrap Fades
         batch = min(self.recipe.batch_size, len(subset))
