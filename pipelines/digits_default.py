@@ -9,7 +9,7 @@ from train.recipe import Recipe
 
 NUM_CLASSES = 10
 heavy = dalaug.Phase(
-    epochs=10,
+    epochs=9,
     policy=dalaug.RandAugment(n=2, m=9),
     operators=[
         dalaug.RandomChoice(
@@ -31,7 +31,7 @@ recipe = Recipe(
     eval_resize=32,
     scale=(0.5, 1.0),
     flip=False,  # a mirrored digit is another symbol
-    phases=dalaug.refine(heavy, epochs=4, name="refine"),
+    phases=dalaug.refine(heavy, epochs=3, name="refine"),
     batch_size=64,
     lr=0.1,
     weight_decay=5e-4,
