@@ -183,6 +183,7 @@ class Loader:
         self._epochs_started = 0  # epochs this pipeline has run; DALI's epoch_idx counts them
         self._stale = False  # the pipeline holds batches of an epoch that was broken off
         self._ahead = False  # DALI may have prefetched the epoch after the last one finished
+        self._prepared = None  # (epoch, its batch generator, its first batch) from prepare()
         self._generation = 0  # pipelines built after the first; each gets its own seed
         self._retried: tuple[int, int] | None = None  # (epoch, iteration) of an unexplained failure
         for name, reason in self.samples.unreadable:
@@ -228,6 +229,33 @@ class Loader:
         A loader restored mid-epoch by :meth:`load_state_dict` (or closed mid-epoch) serves the
         rest of that epoch.
         """
+        if self._prepared is not None:
+            _, batches, first = self._prepared
+            self._prepared = None
+            yield first
+            yield from batches
+        else:
+            yield from self._epoch()
+
+    def prepare(self, epoch: int) -> None:
+        """Start ``epoch`` now, so that its first batch is ready when the ``for`` comes.
+
+        A new pipeline's first batch costs about two ordinary ones (DALI warms up its threads and
+        buffers); the :class:`~dalaug.Schedule` calls this from its background thread for the
+        next phase's loader, before the boundary. Another :meth:`set_epoch` discards it.
+        """
+        self._discard_prepared()
+        self.set_epoch(epoch)
+        batches = self._epoch()
+        self._prepared = (epoch, batches, next(batches))
+
+    def _discard_prepared(self) -> None:
+        if self._prepared is not None:
+            batches, self._prepared = self._prepared[1], None
+            batches.close()  # the epoch counts as broken off: the next one starts afresh
+            self._iteration = 0
+
+    def _epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._iteration == 0 and self._iterator is not None and not self._stale:
             # DALI's BatchInfo.epoch_idx counts the epochs this pipeline started; point the feed at
             # self.epoch, unless DALI already prefetched another epoch (set_epoch jumped).
@@ -332,6 +360,8 @@ class Loader:
         """
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"epoch: expected a non-negative int, got {epoch!r}")
+        if self._prepared is not None and self._prepared[0] != epoch:
+            self._discard_prepared()
         if epoch != self.epoch and self._iteration > 0:
             self._iteration = 0
             self._stale = True
@@ -435,6 +465,7 @@ class Loader:
 
     def close(self) -> None:
         """Free the DALI pipeline and its threads now; iterating again builds a new one."""
+        self._discard_prepared()
         self._iterator = None
 
     def __enter__(self) -> Loader:

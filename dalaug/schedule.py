@@ -409,21 +409,28 @@ class Schedule:
                 self._background().submit(_release, [stale[1]])
         loader.set_epoch(epoch)
         if self.prebuild and epoch + 1 < self.epochs:
-            self._prepare(self.phase_at(epoch + 1).phase.loader_config)
+            self._prepare(self.phase_at(epoch + 1).phase.loader_config, epoch + 1)
         return loader
 
     def _build(self, config: LoaderConfig) -> Loader:
         policy, options = config
         return self._template.with_options(policy=policy, **options)
 
-    def _prepare(self, config: LoaderConfig) -> None:
-        """Start building the loader for ``config`` in the background unless it exists."""
+    def _prepare(self, config: LoaderConfig, epoch: int) -> None:
+        """Unless it exists, build the loader for ``config`` in the background and start its
+        ``epoch``, so the first batch after the boundary is ready (a new pipeline's first batch
+        costs about two ordinary ones)."""
         if self._current is not None and self._current[0] == config:
             return
         if self._pending is not None and self._pending[0] == config:
             return
         self._drop_pending()
-        self._pending = (config, self._background().submit(self._build, config))
+        self._pending = (config, self._background().submit(self._build_started, config, epoch))
+
+    def _build_started(self, config: LoaderConfig, epoch: int) -> Loader:
+        loader = self._build(config)
+        loader.prepare(epoch)
+        return loader
 
     def _background(self) -> ThreadPoolExecutor:
         """The schedule's one worker thread: builds ahead and closes old loaders, in order."""

@@ -225,3 +225,19 @@ def test_an_epoch_broken_off_is_followed_by_a_whole_next_epoch(photo_folder):
         break
     ids = torch.cat([i for _, _, i in batches(loader)])
     assert torch.equal(ids, torch.cat([i for _, _, i in batches(reference)]))
+
+
+def test_prepare_starts_an_epoch_early_without_changing_it(photo_folder):
+    reference = dalaug.Loader(photo_folder, 8, crop=CROP, device="cpu", seed=4, policy="randaugment")
+    reference.set_epoch(2)
+    expected = batches(reference)
+    loader = dalaug.Loader(photo_folder, 8, crop=CROP, device="cpu", seed=4, policy="randaugment")
+    loader.prepare(2)
+    loader.set_epoch(2)  # a loop's usual call keeps the prepared epoch
+    for (x, y, i), (xe, ye, ie) in zip(batches(loader), expected, strict=True):
+        assert torch.equal(i, ie) and torch.equal(y, ye) and torch.equal(x, xe)
+    loader.prepare(5)
+    loader.set_epoch(3)  # another epoch: the prepared one is dropped
+    reference.set_epoch(3)
+    ids = torch.cat([i for _, _, i in batches(loader)])
+    assert torch.equal(ids, torch.cat([i for _, _, i in batches(reference)]))
