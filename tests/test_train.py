@@ -123,6 +123,22 @@ def test_sigkill_mid_epoch_then_resume_reaches_the_weights_of_an_uninterrupted_r
     assert [r["train_loss"] for r in history(killed)] == pytest.approx(before, rel=1e-5)
 
 
+@pytest.mark.parametrize("stop", [1, 2, 3])
+def test_resume_after_any_epoch_reaches_the_weights_of_an_uninterrupted_run(colour_data, tmp_path, stop):
+    from train.loop import Trainer
+    from train.recipe import load_recipe
+
+    recipe = write_recipe(tmp_path, colour_data, heavy=2, refine=2)
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    Trainer(load_recipe(recipe), whole, device="cpu").run()
+    Trainer(load_recipe(recipe), stopped, device="cpu").run(until=stop)  # a job that ran out of time
+    Trainer(load_recipe(recipe), stopped, device="cpu", resume=True).run()
+    ours = torch.load(stopped / "checkpoint.pt", weights_only=False)["model"]
+    theirs = torch.load(whole / "checkpoint.pt", weights_only=False)["model"]
+    for name in theirs:
+        assert torch.allclose(ours[name].float(), theirs[name].float(), atol=1e-5), name
+
+
 def test_two_process_torchrun_trains_each_rank_on_its_shard(colour_data, tmp_path):
     out = tmp_path / "ddp"
     recipe = write_recipe(tmp_path, colour_data, heavy=1, refine=1)

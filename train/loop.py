@@ -161,7 +161,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         recipe = self.recipe
         index, phase, _ = self.schedule.phase_at(epoch)
-        loader = self.schedule.loader_at(epoch)
+        loader = self.loader = self.schedule.loader_at(epoch)
         operators = self.schedule.operators_at(epoch)
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
@@ -232,7 +232,8 @@ class Trainer:
         return tensor
 
     def _save(self, epoch: int) -> None:
-        loader = self.schedule.loader_at(epoch)
+        # The loader that just ran the epoch (asking the schedule again would set it back to it).
+        loader = self.loader
         state = {
             "epoch": epoch,
             "model": self.module.state_dict(),
