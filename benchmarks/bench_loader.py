@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.report import machine, markdown_table, write_section
+from benchmarks.report import machine, markdown_table, rss_mib, write_section
 
 BATCH = 64
 CROP = 224
@@ -55,14 +55,9 @@ def _time_epochs(loader, epochs: int) -> dict:
         for images, _ in loader:
             count += images.shape[0]
         rates.append(count / (time.perf_counter() - start))
-        rss.append(_rss_mb())
+        rss.append(rss_mib())
     return {"rates": rates[1:], "rss_mb": rss}
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
 
 
 RUNNERS = {"dalaug": run_dalaug, "torchvision": run_torchvision}

@@ -26,20 +26,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import machine, markdown_table, write_section
+from benchmarks.report import machine, markdown_table, rss_mib, write_section
 
 BATCH = 64
 CROP = 224
 CLASSES = 10
 PAUSE = 2.0  # seconds between epochs in the third latency configuration (an evaluation, say)
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def device_used_mib() -> float | None:
