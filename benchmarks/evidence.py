@@ -240,6 +240,15 @@ def _gap_batches(train: dalaug.Loader, seed: int, settings: Settings) -> list:
 
 
 def run_cell(task: tuple[Cell, int, Settings]) -> dict:
+    """:func:`train_cell` on one torch thread, restoring the caller's thread count afterwards."""
+    threads = torch.get_num_threads()
+    try:
+        return train_cell(task)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_cell(task: tuple[Cell, int, Settings]) -> dict:
     """Train one cell with one seed; return its test accuracy and gaps.
 
     Returns:

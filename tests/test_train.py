@@ -89,20 +89,25 @@ def test_training_lowers_the_loss_and_writes_metrics_and_a_png(colour_data, tmp_
 def test_sigkill_mid_epoch_then_resume_reaches_the_weights_of_an_uninterrupted_run(colour_data, tmp_path):
     recipe = write_recipe(tmp_path, colour_data, heavy=2, refine=2)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert main(["--recipe", str(recipe), "--out", str(whole), "--device", "cpu"]) == 0
-    command = [
-        sys.executable,
-        "-m",
-        "train",
-        "--recipe",
-        str(recipe),
-        "--out",
-        str(killed),
-        "--device",
-        "cpu",
-    ]
+    # Every run in a fresh process: the same thread count and no state left by other tests.
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def train(out: Path, *extra: str) -> subprocess.Popen:
+        command = [
+            sys.executable,
+            "-m",
+            "train",
+            "--recipe",
+            str(recipe),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+        return subprocess.Popen(command + list(extra), cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+
+    assert train(whole).wait(timeout=300) == 0
+    process = train(killed)
     metrics = killed / "metrics.jsonl"
     deadline = time.monotonic() + 240
     # Kill during epoch 1: after epoch 0's checkpoint, before epoch 1's.
@@ -112,7 +117,7 @@ def test_sigkill_mid_epoch_then_resume_reaches_the_weights_of_an_uninterrupted_r
     process.wait()
     epochs_done = metrics.read_text().count("\n")
     assert 1 <= epochs_done < 4, "the run must be killed before it finished"
-    assert main(["--recipe", str(recipe), "--out", str(killed), "--device", "cpu", "--resume"]) == 0
+    assert train(killed, "--resume").wait(timeout=300) == 0
     ours = torch.load(killed / "checkpoint.pt", weights_only=False)["model"]
     theirs = torch.load(whole / "checkpoint.pt", weights_only=False)["model"]
     for name in theirs:
