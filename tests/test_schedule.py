@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import dalaug
+from benchmarks.report import rss_mib
 from dalaug.ops import CutMix, Mixup
 from dalaug.policies import AutoAugment
 from dalaug.schedule import Fade, Phase, Schedule, early_stop, fade_out, refine
@@ -31,14 +32,6 @@ def first_batch(source: dalaug.Loader, epoch: int) -> tuple[torch.Tensor, torch.
     for images, targets in source:
         return images, targets
     raise AssertionError("empty epoch")
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 # --- phases and lookup -----------------------------------------------------------------------------

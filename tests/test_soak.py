@@ -16,17 +16,12 @@ import numpy as np
 import pytest
 
 import dalaug
+from benchmarks.report import rss_mib
 from dalaug.datasets import write_photo_folder
 
 WARMUP = 6
 # A leak of one decoded 32x32 batch per epoch is ~25 KiB; allocator noise is ~100 KiB per epoch.
 MAX_SLOPE_MIB_PER_EPOCH = 0.25
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
 
 
 def count(folder: str) -> int:
