@@ -27,7 +27,7 @@ CROP = 224
 def run_dalaug(root: str, policy: str | None, epochs: int) -> list[float]:
     import dalaug
 
-    loader = dalaug.Loader(root, BATCH, crop=CROP, policy=policy, device="cpu", seed=0)
+    loader = dalaug.Loader(root, BATCH, train=True, crop=CROP, policy=policy, device="cpu", seed=0)
     return _time_epochs(loader, epochs)
 
 

@@ -72,7 +72,7 @@ def latency_round(root: Path, device: str, prebuild: bool, pause: float) -> dict
     from dalaug.ops import Mixup
     from dalaug.schedule import Phase, Schedule, refine
 
-    template = Loader(root, BATCH, crop=CROP, policy="autoaugment", device=device, seed=0)
+    template = Loader(root, BATCH, train=True, crop=CROP, policy="autoaugment", device=device, seed=0)
     heavy = Phase(2, policy="autoaugment", operators=[Mixup(alpha=1.0, num_classes=CLASSES, seed=0)])
     with Schedule(refine(heavy, 2), template, prebuild=prebuild) as schedule:
         times = run_schedule(schedule, pause)
@@ -90,7 +90,7 @@ def memory_run(root: Path, device: str, swaps: int) -> dict[str, list]:
     from dalaug.schedule import Phase, Schedule
 
     before = rss_mib()
-    template = Loader(root, BATCH, crop=CROP, policy="autoaugment", device=device, seed=0)
+    template = Loader(root, BATCH, train=True, crop=CROP, policy="autoaugment", device=device, seed=0)
     mixup = Mixup(alpha=1.0, num_classes=CLASSES, seed=0)
     phases = [
         Phase(1, policy="autoaugment", operators=[mixup]) if i % 2 == 0 else Phase(1)

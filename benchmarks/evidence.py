@@ -226,7 +226,7 @@ def _gap_batches(train: dalaug.Loader, seed: int, settings: Settings) -> list:
             samples = samples.without(order[GAP_SAMPLES:].tolist())
         loader = dalaug.Loader(
             samples,
-            min(settings.batch_size, len(samples)),
+            min(settings.batch_size, len(samples)), train=True,
             crop=settings.crop,
             scale=settings.scale,
             flip=settings.flip,
@@ -261,7 +261,7 @@ def train_cell(task: tuple[Cell, int, Settings]) -> dict:
     torch.set_num_threads(1)
     train = dalaug.Loader(
         settings.train_dir,
-        settings.batch_size,
+        settings.batch_size, train=True,
         crop=settings.crop,
         scale=settings.scale,
         flip=settings.flip,

@@ -1,7 +1,7 @@
 """dalaug: DALI loaders, GPU batch mixing and a clean refinement phase for image classification.
 
 >>> import dalaug
->>> train = dalaug.Loader("data/train", batch_size=64, policy="autoaugment")  # doctest: +SKIP
+>>> train = dalaug.Loader("data/train", batch_size=64, train=True, policy="autoaugment")  # doctest: +SKIP
 >>> mix = dalaug.Mixup(alpha=1.0, num_classes=1000)  # doctest: +SKIP
 >>> for images, targets in train:  # doctest: +SKIP
 ...     images, soft = mix(images, targets)

@@ -1,8 +1,8 @@
 """The epoch order, as a pure function: which samples make batch ``i`` of epoch ``e`` on this rank.
 
-DALI's ``external_source`` calls :class:`EpochFeed` with a ``BatchInfo`` (epoch and iteration), so
-the order never depends on how the pipeline got there: the same after a restart from a DALI
-checkpoint, after a rebuilt pipeline, or in a second loader built for another phase of training.
+The reader (:class:`~dalaug.reader.BatchReader`) asks it for the samples of each position
+``(epoch, iteration)``, so the order never depends on how the pipeline got there: the same after a
+restart from a checkpoint, after a rebuilt pipeline, or in a second loader built for another phase.
 
 Samples found bad during training are *excluded*: they are filtered out of every rank's shard, so
 the batches after the bad one shift by one sample and every other sample is still delivered once.
@@ -34,7 +34,7 @@ class Sharding:
 
 
 class EpochFeed:
-    """Batches of (encoded bytes, label, sample id) for ``fn.external_source(batch_info=True)``.
+    """Which samples make each batch of each epoch on this rank.
 
     Each epoch is a permutation of the data set seeded by ``(seed, epoch)`` (identity order when
     ``shuffle`` is False). The permutation is padded by wrapping around to a multiple of
@@ -74,8 +74,6 @@ class EpochFeed:
         self.seed = seed
         self.sharding = sharding
         self.keep_length = drop_last or sharding.world_size > 1
-        self.first_epoch = 0  # the epoch that DALI's epoch_idx 0 stands for
-        self.first_iteration = 0  # the iteration that DALI's iteration 0 of epoch_idx 0 stands for
         self.excluded: frozenset[int] = frozenset()
         self._cache: tuple[int, frozenset[int], np.ndarray] | None = None
 
@@ -127,29 +125,9 @@ class EpochFeed:
         return self.shard(epoch)[iteration * self.batch_size : (iteration + 1) * self.batch_size]
 
     def state_dict(self) -> dict:
-        """Where DALI's (epoch_idx, iteration) point and which samples are left out."""
-        return {
-            "first_epoch": self.first_epoch,
-            "first_iteration": self.first_iteration,
-            "excluded": sorted(self.excluded),
-        }
+        """The samples left out."""
+        return {"excluded": sorted(self.excluded)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.first_epoch = int(state["first_epoch"])
-        self.first_iteration = int(state["first_iteration"])
         self.excluded = frozenset()
         self.exclude(state["excluded"])
-
-    def __call__(self, info) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-        # A pipeline rebuilt in the middle of an epoch starts that epoch at first_iteration.
-        offset = self.first_iteration if info.epoch_idx == 0 else 0
-        ids = self.batch_ids(self.first_epoch + info.epoch_idx, info.iteration + offset)
-        return [self._read(i) for i in ids], self.samples.labels[ids].astype(np.int32), ids.astype(np.int64)
-
-    def _read(self, index: int) -> np.ndarray:
-        try:
-            return self.samples.read(index)
-        except OSError:
-            # An unreadable file (gone, no permission) goes to DALI as 0 bytes: its decoder fails,
-            # and the loader's bad-file handling names the file and leaves it out like any other.
-            return np.empty(0, np.uint8)

@@ -1,9 +1,13 @@
 """The DALI graphs: one description (:class:`GraphSpec`) builds the train, clean and eval pipelines
 for the CPU or the GPU. The device is a parameter, not a second code path.
 
-train: read -> decode with random-resized-crop (ROI decode) -> resize -> policy -> flip+normalize
+train: bytes -> decode with random-resized-crop (ROI decode) -> resize -> policy -> flip+normalize
 clean: the train graph with ``policy=None`` (the refinement phase of He et al.)
-eval:  read -> decode -> resize shorter side -> centre crop + normalize
+eval:  bytes -> decode -> resize shorter side -> centre crop + normalize (as torchvision places it)
+
+The bytes come from :class:`~dalaug.reader.BatchReader` (read and checked in its I/O threads); the
+graph emits the layout and dtype the model takes (HWC is channels_last NCHW without a copy) and the
+labels on the pipeline's device, so the loader hands both over with no further pass and no host sync.
 """
 
 from __future__ import annotations
@@ -13,8 +17,18 @@ from dataclasses import dataclass
 
 from nvidia.dali import fn, pipeline_def, types
 
-from dalaug.feed import EpochFeed
+from dalaug.geometry import eval_resize_crop
 from dalaug.policies import PolicyLike
+
+# nvJPEG hints from DALI's ResNet-50 example (docs/examples/use_cases/pytorch/resnet50): padding
+# and a preallocation sized for ImageNet's largest images avoid reallocation stalls in the first
+# epochs; hw_decoder_load hands a share of the JPEGs to the hardware decoder of A100/H100/H200
+# (ignored where there is none).
+MIXED_DECODER_HINTS = dict(
+    device_memory_padding=211025920,
+    host_memory_padding=140544512,
+    hw_decoder_load=0.65,
+)
 
 
 @dataclass(frozen=True)
@@ -31,13 +45,16 @@ class GraphSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     half: bool  # emit float16 from DALI (bf16 is cast in torch: DALI has no bf16)
+    channels_last: bool  # emit HWC: viewed as NCHW it is torch's channels_last
+    interpolation: object  # a DALI interp type for the resize
     roi_decode: bool  # decode only the crop window; False: full decode + random_resized_crop
 
 
 def build_pipeline(
     spec: GraphSpec,
-    feed: EpochFeed,
+    source,
     *,
+    batch_size: int,
     device_id: int | None,
     num_threads: int,
     seed: int,
@@ -46,18 +63,18 @@ def build_pipeline(
 ):
     """Build the DALI pipeline for ``spec`` on the GPU ``device_id`` or the CPU (None).
 
-    Outputs ``images`` (NCHW), ``labels`` (int32) and ``ids`` (the sample ids, int64).
+    ``source`` is the external_source callback: ``source(info) -> (encoded bytes per sample,
+    int32 labels (B,))``; its arrays must stay alive until the batch is out (``no_copy``).
+    Outputs ``images`` (NCHW, or NHWC when ``channels_last``) and ``labels`` (int64, on the device).
     """
     with warnings.catch_warnings():
         # torchvision's ImageNet policy has one op at probability 0 (kept: it is the paper's).
-        warnings.filterwarnings(
-            "ignore", message=r".*used with probability 0", category=UserWarning
-        )
+        warnings.filterwarnings("ignore", message=r".*used with probability 0", category=UserWarning)
         pipe = _graph(
             spec,
-            feed,
-            "cpu" if device_id is None else "mixed",
-            batch_size=feed.batch_size,
+            source,
+            device_id is not None,
+            batch_size=batch_size,
             num_threads=num_threads,
             device_id=device_id,
             seed=seed,
@@ -70,30 +87,33 @@ def build_pipeline(
 
 
 @pipeline_def(enable_conditionals=True)
-def _graph(spec: GraphSpec, feed: EpochFeed, decode_device: str):
-    encoded, labels, ids = fn.external_source(
-        source=feed, num_outputs=3, batch=True, batch_info=True,
-        dtype=[types.UINT8, types.INT32, types.INT64],
+def _graph(spec: GraphSpec, source, on_gpu: bool):
+    # no_copy: the reader keeps each batch's arrays until the loader has taken the batch out, so
+    # DALI reads them where they are instead of copying every byte on the training thread.
+    encoded, labels = fn.external_source(
+        source=source, num_outputs=2, batch=True, batch_info=True, no_copy=True,
+        dtype=[types.UINT8, types.INT32],
     )  # fmt: skip
+    decoder = dict(device="mixed", **MIXED_DECODER_HINTS) if on_gpu else dict(device="cpu")
     if spec.train:
         if spec.roi_decode:
             images = fn.decoders.image_random_crop(
-                encoded, device=decode_device, output_type=types.RGB,
-                random_area=spec.scale, random_aspect_ratio=spec.ratio, num_attempts=10,
+                encoded, output_type=types.RGB, random_area=spec.scale, random_aspect_ratio=spec.ratio,
+                num_attempts=10, **decoder,
             )  # fmt: skip
-            images = fn.resize(images, size=(spec.crop, spec.crop))
+            images = fn.resize(images, size=(spec.crop, spec.crop), interp_type=spec.interpolation)
         else:
-            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
+            images = fn.decoders.image(encoded, output_type=types.RGB, **decoder)
             images = fn.random_resized_crop(
                 images, size=(spec.crop, spec.crop), random_area=spec.scale,
-                random_aspect_ratio=spec.ratio, num_attempts=10,
+                random_aspect_ratio=spec.ratio, num_attempts=10, interp_type=spec.interpolation,
             )  # fmt: skip
         if spec.policy is not None:
             images = spec.policy.apply(images, spec.crop)
         mirror = fn.random.coin_flip(probability=0.5) if spec.flip else False
     else:
-        images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)
-        images = fn.resize(images, resize_shorter=spec.resize)
+        images = fn.decoders.image(encoded, output_type=types.RGB, **decoder)
+        images = eval_resize_crop(images, spec.resize, spec.crop, spec.interpolation)
         mirror = False
     images = fn.crop_mirror_normalize(
         images,
@@ -102,6 +122,7 @@ def _graph(spec: GraphSpec, feed: EpochFeed, decode_device: str):
         std=list(spec.std),
         mirror=mirror,
         dtype=types.FLOAT16 if spec.half else types.FLOAT,
-        output_layout="CHW",
+        output_layout="HWC" if spec.channels_last else "CHW",
     )
-    return images, labels, ids
+    labels = fn.cast(labels, dtype=types.INT64)
+    return images, labels.gpu() if on_gpu else labels

@@ -1,42 +1,64 @@
 """The Loader: a DALI pipeline behind the interface of a PyTorch DataLoader.
 
-It yields ``(images, targets)``: images NCHW normalized on ``loader.device``, targets int64 (B,).
+It yields ``(images, targets)``: images NCHW (or channels_last) normalized on ``loader.device``,
+targets int64 (B,) on the same device, or soft targets (B, C) when the loader applies batch
+operators (the place where torchvision's and timm's scripts mix, their ``collate_fn``).
 
-Bad files do not stop a run. DALI aborts the whole pipeline on one undecodable file and has no skip
-option (DALI issues #3913, #1435, #5489), so on a failure the loader decodes the failing batch and
-the prefetched ones sample by sample to name the culprits, leaves them out of the epoch order (see
-:class:`~dalaug.feed.EpochFeed`), rebuilds the pipeline and resumes the same epoch at the batch that
-failed: batches already delivered are unchanged and every other sample is still delivered once. The
-files are logged (logger ``"dalaug"``), kept in ``loader.bad_samples`` and written by
-``loader.write_report``; more than ``max_bad_fraction`` of the data set is an error.
+The state fits in one screen: ``epoch`` and ``iteration`` say which batch the loop gets next; the
+pipeline is an endless stream of batches whose positions the :class:`~dalaug.reader.BatchReader`
+decides, so moving on to the next epoch costs nothing and a jump only drops the few batches DALI
+had prefetched. A pipeline is rebuilt only after DALI failed, or to restore a checkpoint.
 
-A run resumes mid-epoch from ``loader.state_dict()``: DALI 2.4's checkpoint of the pipeline (reader
-position and random state) plus the feed's position and excluded samples.
+Bad files do not stop a run. The reader checks every file's bytes before DALI sees them and leaves
+out what is missing, unreadable, empty, truncated or not an image. Should DALI still fail on a file
+(corrupt data inside valid markers), the loader decodes the batches in flight sample by sample to
+name the culprits, leaves them out, rebuilds the pipeline and resumes the same epoch at the batch
+that failed. Either way the file is logged (logger ``"dalaug"``), kept in ``loader.bad_samples``
+and written by ``loader.write_report``; more than ``max_bad_fraction`` of the data set is an error.
+
+A run resumes mid-epoch from ``loader.state_dict()``: the position, the samples left out, and DALI
+2.4's checkpoint of the pipeline's random state.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+from dalaug.config import IMAGENET_MEAN, IMAGENET_STD, LoaderConfig
+from dalaug.views import DatasetView, SamplerView
 from dalaug.feed import EpochFeed, Sharding
-from dalaug.graphs import GraphSpec, build_pipeline
-from dalaug.policies import PolicyLike, resolve_policy
+from dalaug.graphs import build_pipeline
+from dalaug.ops import BatchOp, soft_targets
+from dalaug.policies import PolicyLike
+from dalaug.reader import BatchReader
 from dalaug.sources import Samples, resolve_source
 from dalaug.verify import decode_failures
 
 log = logging.getLogger("dalaug")
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+# DataLoader arguments that have no meaning here: a clear error says what to use instead.
+UNSUPPORTED = {
+    "collate_fn": "batch operators go in operators=[...] (they run on the device, as a collate_fn would)",
+    "sampler": "the loader shards and shuffles itself (shuffle=, seed=, set_epoch)",
+    "batch_sampler": "the loader batches itself (batch_size=, drop_last=)",
+    "worker_init_fn": "DALI threads need no initialization",
+    "generator": "seed= seeds the order and the augmentation",
+    "timeout": "no worker processes to wait for",
+}
+# A DALI error that is not about one sample's bytes: re-raised at once, never "recovered" from.
+NOT_A_DECODE_FAILURE = re.compile(r"out of memory|cudaError|CUDA error|bad_alloc|allocat", re.I)
 
 
 class DecodeError(RuntimeError):
@@ -48,11 +70,6 @@ class DecodeError(RuntimeError):
         super().__init__(f"cannot decode {len(failures)} file(s): {listed}" + (f" ({note})" if note else ""))
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
 class Loader:
     """Iterate a data set through a DALI pipeline, as a ``torch.utils.data.DataLoader`` would.
 
@@ -61,31 +78,46 @@ class Loader:
             of them), or a list of ``(path, label)`` pairs.
         batch_size: images per batch (per rank under ``torch.distributed``).
         train: True: random-resized-crop, flip, policy, shuffle, drop the last partial batch.
-            False: resize the shorter side, centre crop, every sample exactly once.
+            False: resize the shorter side, centre crop, every sample exactly once. Required
+            unless ``shuffle`` says it (as a DataLoader call does: ``shuffle=True`` for training),
+            so that a validation loader never augments by default.
+        shuffle: a new order every epoch (default: ``train``).
+        drop_last: drop the last partial batch (default: ``train``).
         crop: output side in pixels.
         resize: eval only: shorter side before the centre crop (default ``crop / 0.875``).
         scale: train: range of the crop's area as a fraction of the image.
         ratio: train: range of the crop's aspect ratio.
         flip: train: random horizontal flip (turn off for digits and text).
-        policy: ``"autoaugment"``, ``"randaugment"``, ``"trivialaugment"``, a policy object
-            (:class:`~dalaug.AutoAugment`, :class:`~dalaug.RandAugment`,
-            :class:`~dalaug.TrivialAugment`) or None (crop + flip only: the clean pipeline).
+        policy: ``"autoaugment"``, ``"randaugment"``, ``"trivialaugment"``, torchvision's and
+            timm's names (``"ta_wide"``, ``"rand-m9-mstd0.5"``, ...), a policy object, or None
+            (crop + flip only: the clean pipeline).
+        interpolation: of the crop's resize: ``"bilinear"``, ``"bicubic"``, ``"nearest"``, ...
         mean, std: per-channel normalization on the 0-1 scale (ImageNet's by default).
-        dtype: float32, float16 or bfloat16 images.
-        device: None (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        seed: seeds the shuffle and the augmentation; the same seed gives the same batches.
+        dtype: float32, float16 or bfloat16 images (float16 straight from DALI).
+        memory_format: ``torch.contiguous_format`` or ``torch.channels_last`` (straight from DALI,
+            no copy).
+        device: None (this thread's CUDA device if any, else CPU), ``"cpu"``, ``"cuda"`` or
+            ``"cuda:N"``; resolved once, here.
+        seed: seeds the order, the augmentation and the operators; the same seed gives the same batches.
         num_threads: DALI CPU threads (default: the cores this process may use, split by rank).
+        io_threads: threads reading files ahead (raise it for network storage).
         prefetch: batches DALI prepares ahead.
         roi_decode: decode only the crop window (fast); False decodes whole images first.
-        max_bad_fraction: how much of the data set may turn out undecodable before iterating
-            raises :class:`DecodeError`: up to ``int(max_bad_fraction * num_samples)`` bad files
-            are left out and logged (so below 1000 samples the default allows none); 0 makes
-            any bad file an error.
+        max_bad_fraction: how much of the data set may turn out bad before iterating raises
+            :class:`DecodeError`: up to ``int(max_bad_fraction * num_samples)`` bad files are left
+            out and logged (below 1000 samples the default allows none); 0: any bad file is an error.
         distributed: under ``torch.distributed``, read this rank's shard (True) or the whole data
             set (False, e.g. for a side measurement every rank makes on the same samples).
+        operators: batch operators (``dalaug.Mixup``, ``dalaug.RandomChoice([...])``, ...) applied
+            to every batch on the device; the loader then yields soft targets (B, C). Turning an
+            operator off (``op.enabled = False``, timm's ``mixup_enabled``) takes effect at once.
+        num_workers: DataLoader's name for ``num_threads``.
+        prefetch_factor: DataLoader's name for ``prefetch``.
+        pin_memory, persistent_workers: accepted for DataLoader scripts; batches already arrive
+            on ``device`` and DALI's threads persist, which is what they ask for.
 
     Example:
-        >>> loader = Loader("data/train", batch_size=64, policy="autoaugment")  # doctest: +SKIP
+        >>> loader = Loader("data/train", batch_size=64, train=True, policy="autoaugment")  # doctest: +SKIP
         >>> for images, targets in loader:  # doctest: +SKIP
         ...     loss = criterion(model(images), targets)
     """
@@ -95,239 +127,248 @@ class Loader:
         source: str | os.PathLike | Sequence | Samples,
         batch_size: int,
         *,
-        train: bool = True,
-        crop: int = 224,
-        resize: int | None = None,
-        scale: tuple[float, float] = (0.08, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        flip: bool = True,
+        train: bool | None = None,
+        shuffle: bool | None = None,
+        drop_last: bool | None = None,
         policy: str | PolicyLike | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = None,
-        seed: int = 0,
-        num_threads: int | None = None,
-        prefetch: int = 2,
-        roi_decode: bool = True,
-        max_bad_fraction: float = 0.001,
-        distributed: bool = True,
+        operators: BatchOp | Sequence[BatchOp] | None = None,
+        num_workers: int | None = None,
+        prefetch_factor: int | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        **options: Any,
     ) -> None:
-        _check_int("batch_size", batch_size)
-        for name, flag in (("train", train), ("flip", flip), ("roi_decode", roi_decode)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name}: expected True or False, got {flag!r}")
-        if (
-            not isinstance(max_bad_fraction, (int, float))
-            or isinstance(max_bad_fraction, bool)
-            or not 0 <= max_bad_fraction < 1
-        ):
-            raise ValueError(f"max_bad_fraction: expected a fraction in [0, 1), got {max_bad_fraction!r}")
-        _check_int("crop", crop)
-        if resize is not None:
-            _check_int("resize", resize)
-            if resize < crop:
-                raise ValueError(f"resize: must be >= crop ({crop}), got {resize}")
-        _check_range("scale", scale, upper=1.0)
-        _check_range("ratio", ratio, upper=math.inf)
-        mean, std = _check_mean_std(mean, std)
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
-        if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
-        _check_int("prefetch", prefetch)
-        if num_threads is not None:
-            _check_int("num_threads", num_threads)
-        policy = resolve_policy(policy)
-        if policy is not None and not train:
-            raise ValueError("policy: an eval loader (train=False) takes no policy")
-
-        self._options = dict(
-            batch_size=batch_size, train=train, crop=crop, resize=resize, scale=scale,
-            ratio=ratio, flip=flip, policy=policy, mean=mean, std=std, dtype=dtype,
-            device=device, seed=seed, num_threads=num_threads, prefetch=prefetch,
-            roi_decode=roi_decode, max_bad_fraction=max_bad_fraction, distributed=distributed,
-        )  # fmt: skip
-        self.samples = resolve_source(source)
-        self.classes: list[str] = list(self.samples.classes)
-        self.device = _resolve_device(device)
-        self.batch_size = batch_size
-        self.train = train
-        self.dtype = dtype
-        self.spec = GraphSpec(
+        for name, advice in UNSUPPORTED.items():
+            if name in options:
+                raise TypeError(f"{name}: not a dalaug.Loader argument; {advice}")
+        if train is None:
+            if shuffle is None:
+                raise ValueError(
+                    "train: say train=True (random crop, flip, policy, shuffle, drop the last "
+                    "partial batch) or train=False (resize + centre crop, every sample once)"
+                )
+            train = shuffle
+        for name, alias, value in (("num_threads", "num_workers", num_workers),
+                                   ("prefetch", "prefetch_factor", prefetch_factor)):  # fmt: skip
+            if value is not None:
+                if name in options:
+                    raise TypeError(f"{alias}: give {alias} or {name}, not both")
+                # num_workers=0 (DataLoader: load in the main process) means the default threads here.
+                options[name] = value if value or name != "num_threads" else None
+        config = LoaderConfig(
+            batch_size=batch_size,
             train=train,
-            crop=crop,
-            resize=resize if resize is not None else round(crop / 0.875),
-            scale=tuple(scale),
-            ratio=tuple(ratio),
-            flip=flip,
+            shuffle=train if shuffle is None else shuffle,
+            drop_last=train if drop_last is None else drop_last,
             policy=policy,
-            mean=tuple(255 * m for m in mean),
-            std=tuple(255 * s for s in std),
-            half=dtype == torch.float16,
-            roi_decode=roi_decode,
+            device=device,
+            **options,
         )
-        sharding = _sharding() if distributed else Sharding()
+        self._setup(resolve_source(source), config, operators)
+
+    def _setup(self, samples: Samples, config: LoaderConfig, operators) -> None:
+        self.samples = samples
+        self.config = config
+        self.operators = _check_operators(operators)
+        self.classes: list[str] = list(samples.classes)
+        self.device: torch.device = config.device
+        sharding = _sharding() if config.distributed else Sharding()
         self.feed = EpochFeed(
-            self.samples, batch_size, shuffle=train, drop_last=train, seed=seed, sharding=sharding
-        )
-        self._seed = seed
-        self._num_threads = num_threads or _default_threads(self.device, sharding)
-        self._prefetch = prefetch
-        self.max_bad_fraction = float(max_bad_fraction)
-        self.epoch = 0  # the epoch the next iteration serves
-        self.sample_ids: torch.Tensor | None = None  # ids of the batch last yielded
-        self.bad_samples: dict[str, str] = {}  # left out as undecodable: name -> reason
-        self.recoveries: list[dict] = []  # one entry per pipeline rebuilt after a bad file
-        self._iteration = 0  # batches of self.epoch delivered so far
-        self._epochs_started = 0  # epochs this pipeline has run; DALI's epoch_idx counts them
-        self._stale = False  # the pipeline holds batches of an epoch that was broken off
-        self._ahead = False  # DALI may have prefetched the epoch after the last one finished
-        self._prepared = None  # (epoch, its batch generator, its first batch) from prepare()
-        self._generation = 0  # pipelines built after the first; each gets its own seed
-        self._retried: tuple[int, int] | None = None  # (epoch, iteration) of an unexplained failure
-        for name, reason in self.samples.unreadable:
-            self._leave_out({name: reason})
-        self._iterator: DALIGenericIterator | None = self._build()
-
-    def _build(self, checkpoint: bytes | None = None) -> DALIGenericIterator:
-        device_id = None if self.device.type == "cpu" else self.device.index
-        pipe = build_pipeline(
-            self.spec,
-            self.feed,
-            device_id=device_id,
-            num_threads=self._num_threads,
-            # Augmentation differs per rank and per rebuilt pipeline (a rebuilt pipeline must not
-            # replay the start of the epoch's random stream); the order (the feed) agrees across ranks.
-            seed=(self._seed * 1009 + self.feed.sharding.rank + 7919 * self._generation) % 2**31,
-            prefetch=self._prefetch,
-            checkpoint=checkpoint,
-        )
-        # The feed ends each epoch itself (StopIteration); DALI's iterator just passes batches on.
-        return DALIGenericIterator(
-            pipe, ["images", "targets", "ids"], last_batch_policy=LastBatchPolicy.PARTIAL,
-            auto_reset=False, prepare_first_batch=False,
+            samples, config.batch_size, shuffle=config.shuffle, drop_last=config.drop_last,
+            seed=config.seed, sharding=sharding,
         )  # fmt: skip
+        if self.feed.num_batches() == 0:
+            raise ValueError(
+                f"batch_size: {config.batch_size} is more than the {self.feed.samples_per_rank} samples "
+                f"of each of {sharding.world_size} rank(s), and drop_last leaves no batch"
+            )
+        self.reader = BatchReader(self.feed, config.io_threads)
+        self.generator = torch.Generator().manual_seed(config.seed * 1009 + sharding.rank)
+        self.max_bad_fraction = float(config.max_bad_fraction)
+        self.epoch = 0  # the epoch the next (or current) iteration serves
+        self.iteration = 0  # batches of that epoch delivered so far
+        self.sample_ids: torch.Tensor | None = None  # ids of the batch last yielded
+        self.bad_samples: dict[str, str] = {}  # left out: name -> reason
+        self.recoveries: list[dict] = []  # one entry per pipeline rebuilt after DALI failed
+        self._pipeline: DALIGenericIterator | None = None
+        self._generation = 0  # pipelines built so far; each gets its own seed
+        self._retried: tuple[int, int] | None = None  # where an unexplained failure was retried
+        for name, reason in samples.unreadable:
+            self._leave_out({name: reason})
 
-    def _rebuild(self) -> None:
-        """A new pipeline whose first epoch is ``self.epoch``, starting at ``self._iteration``."""
-        self._iterator = None  # let DALI free the old pipeline (and its threads) first
-        self._generation += 1
-        self.feed.first_epoch = self.epoch
-        self.feed.first_iteration = self._iteration
-        self._epochs_started = 0
-        self._stale = self._ahead = False
-        self._iterator = self._build()
+    # --- the DataLoader surface -------------------------------------------------------------------
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def drop_last(self) -> bool:
+        return self.config.drop_last
+
+    @property
+    def train(self) -> bool:
+        return self.config.train
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.config.dtype
+
+    @property
+    def num_workers(self) -> int:
+        """DALI's CPU threads (there are no worker processes)."""
+        return self.config.threads(_local_world_size(self.feed.sharding))
+
+    @property
+    def pin_memory(self) -> bool:
+        """Batches arrive on the device: nothing to pin."""
+        return self.device.type == "cuda"
+
+    @property
+    def dataset(self) -> DatasetView:
+        """The data set as torchvision's ImageFolder shows it: length, classes, samples, targets."""
+        return DatasetView(self.samples)
+
+    @property
+    def sampler(self) -> SamplerView:
+        """This rank's shard, as a DistributedSampler: ``len``, ``set_epoch``, ``num_replicas``, ``rank``."""
+        return SamplerView(self)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in the whole data set (all ranks)."""
+        return len(self.samples)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
         return self.feed.num_batches()
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch: ``(images, targets)`` batches; the next ``for`` starts the next epoch.
+    # --- iterating --------------------------------------------------------------------------------
 
-        A loader restored mid-epoch by :meth:`load_state_dict` (or closed mid-epoch) serves the
-        rest of that epoch.
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of ``(images, targets)``; the next ``for`` serves the next epoch.
+
+        A loader restored mid-epoch by :meth:`load_state_dict` serves the rest of that epoch; an
+        epoch broken off (``break``) counts as served, as with a DataLoader.
         """
-        if self._prepared is not None:
-            _, batches, first = self._prepared
-            self._prepared = None
-            yield first
-            yield from batches
-        else:
-            yield from self._epoch()
+        try:
+            while self.iteration < len(self):
+                batch = self._next_batch()
+                self.iteration += 1
+                yield batch
+        finally:
+            self.epoch += 1
+            self.iteration = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve ``epoch`` next (its order is a pure function of the seed and the epoch).
+
+        On a loader restored mid-epoch, ``set_epoch`` with the saved epoch keeps the saved position
+        (a training loop calls it at the top of each epoch); another epoch starts that one afresh.
+        """
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"epoch: expected a non-negative int, got {epoch!r}")
+        if epoch != self.epoch:
+            self.epoch, self.iteration = epoch, 0
 
     def prepare(self, epoch: int) -> None:
-        """Start ``epoch`` now, so that its first batch is ready when the ``for`` comes.
-
-        A new pipeline's first batch costs about two ordinary ones (DALI warms up its threads and
-        buffers); the :class:`~dalaug.Schedule` calls this from its background thread for the
-        next phase's loader, before the boundary. Another :meth:`set_epoch` discards it.
-        """
-        self._discard_prepared()
+        """Build the pipeline now and start ``epoch``, so its first batch is ready when the ``for``
+        comes (the :class:`~dalaug.Schedule` calls this in its thread before a phase boundary)."""
         self.set_epoch(epoch)
-        batches = self._epoch()
-        self._prepared = (epoch, batches, next(batches))
+        self._ensure_pipeline()
 
-    def _discard_prepared(self) -> None:
-        if self._prepared is not None:
-            batches, self._prepared = self._prepared[1], None
-            batches.close()  # the epoch counts as broken off: the next one starts afresh
-            self._iteration = 0
+    def _ensure_pipeline(self) -> None:
+        if self._pipeline is None:
+            self._build()
+        else:
+            self.reader.seek((self.epoch, self.iteration))
 
-    def _epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._iteration == 0 and self._iterator is not None and not self._stale:
-            # DALI's BatchInfo.epoch_idx counts the epochs this pipeline started; point the feed at
-            # self.epoch, unless DALI already prefetched another epoch (set_epoch jumped).
-            if self._ahead and self.feed.first_epoch + self._epochs_started != self.epoch:
-                self._stale = True
-            else:
-                self.feed.first_epoch = self.epoch - self._epochs_started
-        if self._stale or self._iterator is None:
-            # DALI cannot rewind the batches it prefetched (an epoch broken off, a jump): start afresh.
-            self._rebuild()
-        finished = False
-        try:
-            while True:
-                try:
-                    batch = next(self._iterator)[0]
-                except StopIteration:
-                    finished = True
-                    break
-                except RuntimeError as error:
-                    self._recover(error)
-                    continue
-                self._iteration += 1
-                self.sample_ids = batch["ids"].reshape(-1)
-                yield self._images(batch["images"]), batch["targets"].reshape(-1).long().to(self.device)
-        finally:
-            # Runs on a normal end and when the caller breaks off (the generator is closed):
-            # either way the next iteration serves the next epoch, as a DataLoader would.
-            if finished:
-                # Reset now, not at the next `for`: DALI cannot reset a pipeline restored from a
-                # checkpoint taken at the end of an epoch, so state_dict() must see the next one.
-                self._iterator.reset()
-                self._ahead = True
-            self._epochs_started += 1
-            self._stale = not finished
-            self._iteration = 0
-            self.epoch += 1
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._ensure_pipeline()
+        while True:
+            try:
+                with _on(self.device):
+                    out = next(self._pipeline)[0]
+            except RuntimeError as error:
+                self._recover(error)
+                continue
+            entry = self.reader.take()
+            self._report_found()
+            if not entry.stale and entry.position == (self.epoch, self.iteration):
+                break
+        self.sample_ids = torch.from_numpy(entry.ids)
+        images, targets = out["images"], out["labels"]
+        if self.config.memory_format == torch.channels_last:
+            images = images.permute(0, 3, 1, 2)  # NHWC viewed as NCHW: channels_last, no copy
+        if self.config.dtype == torch.bfloat16:
+            images = images.to(torch.bfloat16)  # DALI has no bfloat16
+        if self.operators:
+            targets = soft_targets(targets, len(self.classes))
+            for op in self.operators:
+                images, targets = op(images, targets, generator=self.generator)
+        return images, targets
+
+    def _build(self, checkpoint: str | None = None) -> None:
+        """A new pipeline whose first batch is the loader's current position."""
+        self._pipeline = None  # let DALI free the old pipeline (and its threads) first
+        self.reader.restart((self.epoch, self.iteration))
+        config = self.config
+        pipe = build_pipeline(
+            config.graph_spec(),
+            self.reader,
+            batch_size=config.batch_size,
+            device_id=None if self.device.type == "cpu" else self.device.index,
+            num_threads=config.threads(_local_world_size(self.feed.sharding)),
+            # Augmentation differs per rank and per rebuilt pipeline (a rebuilt one must not replay
+            # the random stream of the one before); the order (the feed) agrees across ranks.
+            seed=(config.seed * 1009 + self.feed.sharding.rank + 7919 * self._generation) % 2**31,
+            prefetch=config.prefetch,
+            checkpoint=checkpoint,
+        )
+        self._generation += 1
+        with _on(self.device):
+            self._pipeline = DALIGenericIterator(
+                pipe, ["images", "labels"], last_batch_policy=LastBatchPolicy.PARTIAL,
+                auto_reset=False, prepare_first_batch=False,
+            )  # fmt: skip
+
+    # --- bad files --------------------------------------------------------------------------------
+
+    def _report_found(self) -> None:
+        """Name and count the samples the reader left out (its checks run in its threads)."""
+        if self.reader.found_bad:
+            found, self.reader.found_bad = self.reader.found_bad, {}
+            self._leave_out({self.samples.name(i): reason for i, reason in sorted(found.items())})
 
     def _recover(self, error: RuntimeError) -> None:
-        """After DALI failed at batch ``self._iteration``: leave out the samples that do not decode
-        and go on with a new pipeline from that batch, or raise."""
+        """After DALI failed: leave out the samples in flight that do not decode and go on with a
+        new pipeline from the batch the loop is waiting for; or raise."""
+        if NOT_A_DECODE_FAILURE.search(str(error)):
+            raise error
         started = time.perf_counter()
-        suspects = set()
-        # DALI runs up to `prefetch` batches ahead: the culprit is in one of these.
-        for ahead in range(self._prefetch + 1):
-            try:
-                suspects.update(self.feed.batch_ids(self.epoch, self._iteration + ahead).tolist())
-            except StopIteration:
-                break
-        failures = decode_failures(self.samples, sorted(suspects))
+        suspects = sorted({int(i) for entry in self.reader.issued for i in entry.ids})
+        failures = decode_failures(self.samples, suspects)
+        position = (self.epoch, self.iteration)
         if not failures:
             # Every suspect decodes on its own: maybe a passing I/O error. Retry once from here.
-            if self._retried == (self.epoch, self._iteration):
+            if self._retried == position:
                 raise error
             log.warning(
                 "DALI failed at epoch %d batch %d but every sample around it decodes; retrying once: %s",
-                self.epoch, self._iteration, str(error).strip().splitlines()[-1:],
+                *position, str(error).strip().splitlines()[-1:],
             )  # fmt: skip
-            self._retried = (self.epoch, self._iteration)
-            self._rebuild()
+            self._retried = position
+            self._build()
             return
         named = {self.samples.name(i): reason for i, reason in sorted(failures.items())}
         self._leave_out(named, cause=error)
         self.feed.exclude(failures)
-        self._rebuild()
+        self._build()
         seconds = time.perf_counter() - started
-        self.recoveries.append(
-            {"epoch": self.epoch, "iteration": self._iteration, "samples": list(named), "seconds": seconds}
-        )
-        log.info(
-            "rebuilt the pipeline in %.2f s; epoch %d goes on at batch %d",
-            seconds, self.epoch, self._iteration,
-        )  # fmt: skip
+        self.recoveries.append({"epoch": position[0], "iteration": position[1], "samples": list(named),
+                                "seconds": seconds})  # fmt: skip
+        log.info("rebuilt the pipeline in %.2f s; epoch %d goes on at batch %d", seconds, *position)
 
     def _leave_out(self, named: dict[str, str], cause: BaseException | None = None) -> None:
         """Count ``named`` bad samples; raise :class:`DecodeError` past ``max_bad_fraction``."""
@@ -342,76 +383,55 @@ class Loader:
             )
             raise DecodeError(self.bad_samples, note) from cause
         for name, reason in named.items():
-            log.warning(
-                "leaving out %s: %s (%d bad samples, %d allowed)",
-                name, reason, len(self.bad_samples), allowed,
-            )  # fmt: skip
+            log.warning("leaving out %s: %s (%d bad samples, %d allowed)", name, reason,
+                        len(self.bad_samples), allowed)  # fmt: skip
 
-    def _images(self, images: torch.Tensor) -> torch.Tensor:
-        if self.dtype == torch.bfloat16:
-            images = images.to(torch.bfloat16)
-        return images
+    # --- other phases, checkpoints, reports -------------------------------------------------------
 
-    def set_epoch(self, epoch: int) -> None:
-        """Serve ``epoch`` next (its order is a pure function of the seed and the epoch).
-
-        On a loader restored mid-epoch, ``set_epoch`` with the saved epoch keeps the saved position
-        (a training loop calls it at the top of each epoch); another epoch drops the rest of it.
-        """
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            raise ValueError(f"epoch: expected a non-negative int, got {epoch!r}")
-        if self._prepared is not None and self._prepared[0] != epoch:
-            self._discard_prepared()
-        if epoch != self.epoch and self._iteration > 0:
-            self._iteration = 0
-            self._stale = True
-        self.epoch = epoch
-
-    @property
-    def num_samples(self) -> int:
-        """Samples in the whole data set (all ranks)."""
-        return len(self.samples)
-
-    def with_options(self, **changes) -> Loader:
-        """A new loader over the same samples (no rescan) with some constructor arguments changed.
-
-        The samples this loader left out as bad stay out of the new one.
+    def with_options(self, **changes: Any) -> Loader:
+        """A new loader over the same samples (no rescan), on the same device, with some options
+        changed. The samples this loader left out as bad stay out of the new one.
 
         Example:
             >>> clean = loader.with_options(policy=None)  # doctest: +SKIP
         """
-        loader = Loader(self.samples, **{**self._options, **changes})
-        # What this loader found bad is bad for the next phase too: no second failure, no rebuild.
+        operators = changes.pop("operators", self.operators)
+        return self.with_config(self.config.replace(**changes), operators)
+
+    def with_config(self, config: LoaderConfig, operators: Sequence[BatchOp] | None = None) -> Loader:
+        """A new loader over the same samples with the configuration ``config`` (see ``with_options``)."""
+        loader = Loader.__new__(Loader)
+        loader._setup(self.samples, config, operators)
         loader.feed.exclude(self.feed.excluded)
         loader.bad_samples.update(self.bad_samples)
         return loader
 
     def state_dict(self) -> dict:
-        """Where the loader is: epoch, batch within it, DALI's checkpoint, the samples left out.
-
-        Call it between batches (inside the ``for`` loop, or between epochs); the result holds only
-        numbers, strings, bytes, lists and dicts, so ``torch.save`` and
-        :func:`dalaug.checkpoint.save` store it and ``torch.load(weights_only=True)`` reads it.
+        """Where the loader is: epoch, batch within it, the samples left out, DALI's checkpoint and
+        the operators' generator. Call it between batches; the result holds only numbers, strings,
+        bytes, lists, dicts and tensors (``torch.load(weights_only=True)`` reads it).
 
         Example:
             >>> dalaug.checkpoint.save({"loader": loader.state_dict()}, "ckpt.pt")  # doctest: +SKIP
         """
         dali = None
-        if self._iterator is not None and not self._stale:
-            dali = self._iterator.checkpoints()[0]
+        # DALI's checkpoint is of the batches taken out so far: it fits when nothing stale is in
+        # flight (after a jump the next batches come from a fresh random state instead).
+        if self._pipeline is not None and not any(entry.stale for entry in self.reader.issued):
+            if not self.reader.issued or self.reader.issued[0].position == (self.epoch, self.iteration):
+                dali = self._pipeline.checkpoints()[0]
         return {
             "version": STATE_VERSION,
+            "config": self.config.identity(),
             "num_samples": len(self.samples),
-            "batch_size": self.batch_size,
-            "seed": self._seed,
             "world_size": self.feed.sharding.world_size,
             "rank": self.feed.sharding.rank,
             "epoch": self.epoch,
-            "iteration": self._iteration,
-            "epochs_started": self._epochs_started,
+            "iteration": self.iteration,
             "generation": self._generation,
             "feed": self.feed.state_dict(),
             "bad_samples": dict(self.bad_samples),
+            "generator": self.generator.get_state(),
             "dali": dali,
         }
 
@@ -421,31 +441,26 @@ class Loader:
 
         Raises:
             ValueError: ``state`` is not a loader state, or was saved by a loader over another data
-                set, batch size, seed or number of ranks.
+                set, number of ranks, or configuration (crop, policy, flip, seed, batch size, ...).
         """
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ValueError(f"state: expected a dict from Loader.state_dict() (version {STATE_VERSION})")
-        for key, mine in (
-            ("num_samples", len(self.samples)),
-            ("batch_size", self.batch_size),
-            ("seed", self._seed),
-            ("world_size", self.feed.sharding.world_size),
-        ):
+        for key, mine in (("num_samples", len(self.samples)), ("world_size", self.feed.sharding.world_size)):
             if state[key] != mine:
                 raise ValueError(f"state: saved with {key}={state[key]!r}, this loader has {key}={mine!r}")
-        self._iterator = None
+        if state["config"] != self.config.identity():
+            raise ValueError(
+                "state: saved by a loader with another configuration; saved "
+                f"{state['config']}, this loader has {self.config.identity()}"
+            )
+        self.close()
         self.feed.load_state_dict(state["feed"])
-        self.epoch = int(state["epoch"])
-        self._iteration = int(state["iteration"])
-        self._epochs_started = int(state["epochs_started"])
+        self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
         self._generation = int(state["generation"])
         self.bad_samples = dict(state["bad_samples"])
-        self._ahead = False
-        if state["dali"] is None:
-            self._stale = True  # saved after an epoch was broken off: the next one starts afresh
-        else:
-            self._stale = False
-            self._iterator = self._build(checkpoint=state["dali"])
+        self.generator.set_state(state["generator"])
+        if state["dali"] is not None:
+            self._build(checkpoint=state["dali"])
 
     def write_report(self, path: str | os.PathLike) -> Path:
         """Write the bad samples left out so far, and each recovery, as JSON (atomically)."""
@@ -465,8 +480,8 @@ class Loader:
 
     def close(self) -> None:
         """Free the DALI pipeline and its threads now; iterating again builds a new one."""
-        self._discard_prepared()
-        self._iterator = None
+        self._pipeline = None
+        self.reader.restart((self.epoch, self.iteration))
 
     def __enter__(self) -> Loader:
         return self
@@ -474,58 +489,34 @@ class Loader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def _check_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    def __repr__(self) -> str:
+        return f"Loader({self.num_samples} samples, {self.config}, train=True)"
 
 
-def _check_range(name: str, value, upper: float) -> None:
-    ok = (
-        isinstance(value, Sequence)
-        and len(value) == 2
-        and all(isinstance(v, (int, float)) for v in value)
-        and 0 < value[0] <= value[1] <= upper
-    )
-    if not ok:
-        raise ValueError(
-            f"{name}: expected (low, high) with 0 < low <= high <= {upper}, got {value!r}"
-        )
+def _check_operators(operators) -> list[BatchOp]:
+    if operators is None:
+        return []
+    if isinstance(operators, BatchOp):
+        return [operators]
+    if isinstance(operators, Sequence) and all(isinstance(op, BatchOp) for op in operators):
+        return list(operators)
+    raise TypeError(f"operators: expected a batch operator or a list of them, got {operators!r}")
 
 
-def _check_mean_std(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    for name, values in (("mean", mean), ("std", std)):
-        if not (isinstance(values, Sequence) and len(values) == 3):
-            raise ValueError(
-                f"{name}: expected 3 per-channel values on the 0-1 scale, got {values!r}"
-            )
-    if not all(0 <= m <= 1 for m in mean):
-        raise ValueError(f"mean: values must lie in [0, 1] (the 0-1 pixel scale), got {mean!r}")
-    if not all(s > 0 for s in std):
-        raise ValueError(f"std: values must be > 0, got {std!r}")
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+def _on(device: torch.device):
+    """DALI hands batches to torch on the current CUDA device of the calling thread: make it ours."""
+    return torch.cuda.device(device) if device.type == "cuda" else _NULL
 
 
-def _resolve_device(device) -> torch.device:
-    if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"device: expected None, 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device: {str(device)!r} requested but CUDA is not available")
-        return torch.device(
-            "cuda", device.index if device.index is not None else torch.cuda.current_device()
-        )
-    if device.type != "cpu":
-        raise ValueError(f"device: expected 'cpu' or 'cuda', got {str(device)!r}")
-    return device
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+_NULL = _Null()
 
 
 def _sharding() -> Sharding:
@@ -534,8 +525,8 @@ def _sharding() -> Sharding:
     return Sharding()
 
 
-def _default_threads(device: torch.device, sharding: Sharding) -> int:
-    if device.type == "cuda":
-        return 4
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", sharding.world_size))
-    return max(1, len(os.sched_getaffinity(0)) // max(1, local))
+def _local_world_size(sharding: Sharding) -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", sharding.world_size))
+
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DecodeError", "Loader"]

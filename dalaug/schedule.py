@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import ctypes
 import dataclasses
-import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from nvidia.dali.backend import ReleaseUnusedMemory
 
+from dalaug.config import LoaderConfig
 from dalaug.policies import PolicyLike, resolve_policy
 
 if TYPE_CHECKING:
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 
 # A batch operator: ``op(images, targets) -> (images, soft_targets (B, C))`` (see dalaug.ops).
 Operator = Callable[..., Any]
-# What decides a phase's loader: its policy and its other Loader options (Phase.loader_config).
-LoaderConfig = tuple[PolicyLike | None, dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +156,10 @@ class Phase:
             raise ValueError("options: give the policy as Phase(policy=...), not in options")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
-    @property
-    def loader_config(self) -> LoaderConfig:
-        """What decides the phase's loader: the policy and the other options. Equal configs share one."""
-        return self.policy, dict(self.options)
+    def loader_config(self, template: LoaderConfig) -> LoaderConfig:
+        """The phase's whole loader configuration: ``template`` with this phase's policy and options.
+        Phases with equal configurations share one loader."""
+        return template.replace(policy=self.policy, **self.options)
 
 
 class PhaseAt(NamedTuple):
@@ -329,8 +327,8 @@ class Schedule:
         self._pending: tuple[LoaderConfig, Future] | None = None
         self._executor: ThreadPoolExecutor | None = None
         if loader is not None:
-            _check_options(self.phases, loader)
-            self._current = ((loader.spec.policy, {}), loader)
+            self._configs = _phase_configs(self.phases, loader.config)
+            self._current = (loader.config, loader)
 
     # --- pure functions of the epoch ------------------------------------------------------------
 
@@ -395,7 +393,7 @@ class Schedule:
         """
         if self._template is None:
             raise ValueError("loader_at: this schedule was built without a loader")
-        config = self.phase_at(epoch).phase.loader_config
+        config = self._configs[self.phase_at(epoch).index]
         if self._current is not None and self._current[0] == config:
             loader = self._current[1]
         else:
@@ -409,12 +407,11 @@ class Schedule:
                 self._background().submit(_release, [stale[1]])
         loader.set_epoch(epoch)
         if self.prebuild and epoch + 1 < self.epochs:
-            self._prepare(self.phase_at(epoch + 1).phase.loader_config, epoch + 1)
+            self._prepare(self._configs[self.phase_at(epoch + 1).index], epoch + 1)
         return loader
 
     def _build(self, config: LoaderConfig) -> Loader:
-        policy, options = config
-        return self._template.with_options(policy=policy, **options)
+        return self._template.with_config(config)
 
     def _prepare(self, config: LoaderConfig, epoch: int) -> None:
         """Unless it exists, build the loader for ``config`` in the background and start its
@@ -530,9 +527,10 @@ def _malloc_trim() -> Callable[[int], int] | None:
 _MALLOC_TRIM = _malloc_trim()
 
 
-def _check_options(phases: Sequence[Phase], loader: Loader) -> None:
-    """Name a phase option that the Loader does not take, before any epoch runs."""
-    accepted = set(inspect.signature(type(loader)).parameters) - {"source", "policy"}
+def _phase_configs(phases: Sequence[Phase], template: LoaderConfig) -> list[LoaderConfig]:
+    """Each phase's loader configuration, checked before any epoch runs; errors name the phase."""
+    accepted = {field.name for field in dataclasses.fields(LoaderConfig)} - {"policy"}
+    configs = []
     for index, phase in enumerate(phases):
         for name in phase.options:
             if name not in accepted:
@@ -540,6 +538,11 @@ def _check_options(phases: Sequence[Phase], loader: Loader) -> None:
                     f"phases[{index}].options: {name!r} is not a Loader argument "
                     f"(expected some of {sorted(accepted)})"
                 )
+        try:
+            configs.append(phase.loader_config(template))
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"phases[{index}].options: {error}") from None
+    return configs
 
 
 def _release(loaders: list[Loader]) -> None:

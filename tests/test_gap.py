@@ -103,7 +103,7 @@ def test_repeatable_and_leaves_the_operators_random_stream_alone(trained):
 
 def test_loaders_over_the_same_samples(photo_folder):
     def loader(seed: int) -> dalaug.Loader:
-        return dalaug.Loader(photo_folder, 8, crop=32, device="cpu", seed=seed)
+        return dalaug.Loader(photo_folder, 8, train=True, crop=32, device="cpu", seed=seed)
 
     model = toy_model()
     # Two clean pipelines with one seed give the same batches: no gap, and every batch is counted.

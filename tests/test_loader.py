@@ -29,7 +29,7 @@ def denormalize(images: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_batches_have_dataloader_shapes_and_dtypes(photo_folder, dtype):
-    loader = dalaug.Loader(photo_folder, 8, crop=CROP, device="cpu", dtype=dtype)
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", dtype=dtype)
     images, targets = next(iter(loader))
     assert images.shape == (8, 3, CROP, CROP) and images.dtype == dtype
     assert targets.shape == (8,) and targets.dtype == torch.int64
@@ -40,7 +40,7 @@ def test_batches_have_dataloader_shapes_and_dtypes(photo_folder, dtype):
 
 
 def test_classes_and_order_match_torchvision_image_folder(photo_folder):
-    loader = dalaug.Loader(photo_folder, 8, crop=CROP, device="cpu")
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu")
     reference = ImageFolder(photo_folder)
     assert loader.classes == reference.classes
     assert [(p, int(y)) for p, y in zip(loader.samples.paths, loader.samples.labels, strict=True)] == [
@@ -49,7 +49,7 @@ def test_classes_and_order_match_torchvision_image_folder(photo_folder):
 
 
 def test_targets_match_the_class_folders(colour_folder):
-    loader = dalaug.Loader(colour_folder, 4, crop=CROP, device="cpu", policy=None)
+    loader = dalaug.Loader(colour_folder, 4, train=True, crop=CROP, device="cpu", policy=None)
     colours = torch.tensor(CLASS_COLOURS, dtype=torch.float32)
     for images, targets in loader:
         mean_colour = denormalize(images).mean(dim=(2, 3))
@@ -58,7 +58,7 @@ def test_targets_match_the_class_folders(colour_folder):
 
 
 def test_train_epoch_drops_last_partial_batch_without_repeats(photo_folder):
-    loader = dalaug.Loader(photo_folder, 8, crop=CROP, device="cpu")
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu")
     assert len(loader) == 60 // 8
     for _ in range(2):
         ids = torch.cat([i for _, _, i in batches(loader)])
@@ -78,7 +78,7 @@ def test_eval_epoch_delivers_every_sample_exactly_once(photo_folder):
 
 
 def test_epochs_reshuffle_and_set_epoch_replays_an_epoch(photo_folder):
-    loader = dalaug.Loader(photo_folder, 8, crop=CROP, device="cpu", seed=3)
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", seed=3)
     first = torch.cat([i for _, _, i in batches(loader)])
     second = torch.cat([i for _, _, i in batches(loader)])
     assert not torch.equal(first, second)
@@ -106,7 +106,7 @@ def test_shards_cover_the_data_set_with_equal_batch_counts(world_size):
 
 def test_same_seed_same_batches_different_seed_differs(photo_folder):
     def run(seed):
-        loader = dalaug.Loader(photo_folder, 8, crop=CROP, device="cpu", seed=seed, policy="randaugment")
+        loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", seed=seed, policy="randaugment")
         return batches(loader)
 
     a, b, c = run(5), run(5), run(6)
@@ -137,9 +137,9 @@ def test_webdataset_shards_read_like_a_folder(colour_folder, tmp_path):
 
 
 def test_with_options_builds_the_clean_variant_over_the_same_samples(photo_folder):
-    heavy = dalaug.Loader(photo_folder, 8, crop=CROP, device="cpu", policy="autoaugment")
+    heavy = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", policy="autoaugment")
     clean = heavy.with_options(policy=None)
-    assert clean.spec.policy is None and clean.samples is heavy.samples and len(clean) == len(heavy)
+    assert clean.config.policy is None and clean.samples is heavy.samples and len(clean) == len(heavy)
 
 
 @pytest.mark.parametrize(
@@ -160,21 +160,21 @@ def test_with_options_builds_the_clean_variant_over_the_same_samples(photo_folde
 )
 def test_bad_arguments_are_named(photo_folder, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        dalaug.Loader(photo_folder, **kwargs)
+        dalaug.Loader(photo_folder, **{"train": True, **kwargs})
 
 
 def test_bad_sources_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        dalaug.Loader(tmp_path / "missing", 8)
+        dalaug.Loader(tmp_path / "missing", 8, train=True)
     with pytest.raises(ValueError, match="is empty"):
-        dalaug.Loader(tmp_path, 8)
+        dalaug.Loader(tmp_path, 8, train=True)
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="no class folders"):
-        dalaug.Loader(tmp_path, 8)
+        dalaug.Loader(tmp_path, 8, train=True)
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "readme.txt").write_text("x")
     with pytest.raises(ValueError, match="no image files"):
-        dalaug.Loader(tmp_path, 8)
+        dalaug.Loader(tmp_path, 8, train=True)
 
 
 def test_a_file_that_fails_to_decode_is_named(colour_folder, tmp_path):
@@ -212,14 +212,14 @@ def test_gpu_pipeline_matches_cpu_pipeline(photo_folder, roi_decode):
 @pytest.mark.parametrize("policy", [None, "autoaugment", "randaugment", "trivialaugment"])
 @pytest.mark.parametrize("roi_decode", [True, False])
 def test_gpu_train_pipeline_yields_cuda_tensors(photo_folder, policy, roi_decode):
-    loader = dalaug.Loader(photo_folder, 8, crop=CROP, device="cuda", policy=policy, roi_decode=roi_decode)
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cuda", policy=policy, roi_decode=roi_decode)
     images, targets = next(iter(loader))
     assert images.is_cuda and targets.is_cuda and images.shape == (8, 3, CROP, CROP)
 
 
 def test_an_epoch_broken_off_is_followed_by_a_whole_next_epoch(photo_folder):
-    loader = dalaug.Loader(photo_folder, 8, crop=CROP, device="cpu", seed=2)
-    reference = dalaug.Loader(photo_folder, 8, crop=CROP, device="cpu", seed=2)
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", seed=2)
+    reference = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", seed=2)
     reference.set_epoch(1)
     for _ in loader:
         break
@@ -228,10 +228,10 @@ def test_an_epoch_broken_off_is_followed_by_a_whole_next_epoch(photo_folder):
 
 
 def test_prepare_starts_an_epoch_early_without_changing_it(photo_folder):
-    reference = dalaug.Loader(photo_folder, 8, crop=CROP, device="cpu", seed=4, policy="randaugment")
+    reference = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", seed=4, policy="randaugment")
     reference.set_epoch(2)
     expected = batches(reference)
-    loader = dalaug.Loader(photo_folder, 8, crop=CROP, device="cpu", seed=4, policy="randaugment")
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", seed=4, policy="randaugment")
     loader.prepare(2)
     loader.set_epoch(2)  # a loop's usual call keeps the prepared epoch
     for (x, y, i), (xe, ye, ie) in zip(batches(loader), expected, strict=True):

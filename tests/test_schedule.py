@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import dalaug
+from dalaug.config import LoaderConfig
 from benchmarks.report import rss_mib
 from dalaug.ops import CutMix, Mixup
 from dalaug.policies import AutoAugment
@@ -24,7 +25,7 @@ STEP = 0.1  # seconds a heavy-phase "training step" takes: time for the next loa
 
 
 def loader(folder, **options) -> dalaug.Loader:
-    return dalaug.Loader(folder, BATCH, crop=CROP, device="cpu", seed=SEED, **options)
+    return dalaug.Loader(folder, BATCH, train=True, crop=CROP, device="cpu", seed=SEED, **options)
 
 
 def first_batch(source: dalaug.Loader, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +94,8 @@ def test_refinement_phase_is_clean_and_carries_the_hints():
         1e-4,
         "refine",
     )
-    assert clean.loader_config == (None, {"flip": False})
+    template = LoaderConfig(batch_size=8, train=True, shuffle=True, drop_last=True, policy="autoaugment")
+    assert clean.loader_config(template) == template.replace(policy=None, flip=False)
 
 
 def test_fade_decays_a_copy_linearly_and_leaves_the_operator_alone():
@@ -201,14 +203,14 @@ def run(photo_folder):
     """An uninterrupted run of Algorithm 1: 2 epochs AutoAugment + Mixup, then 2 clean epochs."""
     template = loader(photo_folder, policy=AA)
     builds = []
-    build = template.with_options
+    build = template.with_config
 
-    def recorded(**changes):  # a spy: which thread built each loader, and when it was done
-        made = build(**changes)
-        builds.append((changes.get("policy"), threading.current_thread().name, time.perf_counter()))
+    def recorded(config, *args):  # a spy: which thread built each loader, and when it was done
+        made = build(config, *args)
+        builds.append((config.policy, threading.current_thread().name, time.perf_counter()))
         return made
 
-    template.with_options = recorded
+    template.with_config = recorded
     op = Mixup(alpha=1.0, num_classes=NUM_CLASSES, seed=0)
     schedule = Schedule(refine(Phase(2, policy="autoaugment", operators=[op]), 2), template)
     epochs = []
@@ -230,7 +232,7 @@ def run(photo_folder):
             if operators:
                 time.sleep(STEP)  # the heavy phase's training step
             start = time.perf_counter()
-        epochs.append(Epoch(current.spec.policy, id(current), asked, first, first_mixed, ids, waits))
+        epochs.append(Epoch(current.config.policy, id(current), asked, first, first_mixed, ids, waits))
     assert schedule.state_dict() == {"epoch": 4}
     schedule.close()
     return Run(epochs, builds)
@@ -281,7 +283,7 @@ def test_resume_at_the_boundary_gives_the_same_run(run, photo_folder):
         assert list(resumed) == [2, 3] and resumed.state_dict() == {"epoch": 4}
         for epoch in (2, 3):
             current = resumed.loader_at(epoch)
-            assert current.spec.policy is None and resumed.operators_at(epoch) == []
+            assert current.config.policy is None and resumed.operators_at(epoch) == []
             batches = [(images, targets, current.sample_ids.clone()) for images, targets in current]
             assert all(torch.equal(a, b) for a, (_, _, b) in zip(run.epochs[epoch].ids, batches, strict=True))
             if epoch == 2:
@@ -299,7 +301,7 @@ def test_resume_mid_fade_gives_the_same_operators_and_order(photo_folder):
         for epoch in whole:
             current = whole.loader_at(epoch)
             ids = [current.sample_ids.clone() for _ in current]
-            seen[epoch] = (current.spec, [op.alpha for op in whole.operators_at(epoch)], ids)
+            seen[epoch] = (current.config, [op.alpha for op in whole.operators_at(epoch)], ids)
             if epoch == 2:
                 state = whole.state_dict()
     assert state == {"epoch": 3}
@@ -308,7 +310,7 @@ def test_resume_mid_fade_gives_the_same_operators_and_order(photo_folder):
         for epoch in resumed:
             current = resumed.loader_at(epoch)
             spec, alphas, ids = seen[epoch]
-            assert current.spec == spec
+            assert current.config == spec
             assert [op.alpha for op in resumed.operators_at(epoch)] == alphas
             assert all(torch.equal(a, current.sample_ids) for a, _ in zip(ids, current, strict=True))
 
@@ -331,14 +333,12 @@ def test_a_template_with_the_right_policy_is_used_as_is(photo_folder):
         assert all(schedule.loader_at(epoch) is template for epoch in range(3))
 
 
-def test_phase_options_are_checked_and_a_failed_prebuild_raises_in_the_loop(photo_folder):
+def test_phase_options_are_checked_when_the_schedule_is_built(photo_folder):
     template = loader(photo_folder)
     with pytest.raises(ValueError, match=r"phases\[1\].options: 'flp'"):
         Schedule([Phase(1), Phase(1, options={"flp": False})], template)
-    with Schedule([Phase(1), Phase(1, options={"crop": 0})], template) as schedule:
-        schedule.loader_at(0)  # starts building the next phase's loader, which fails
-        with pytest.raises(ValueError, match="crop"):
-            schedule.loader_at(1)
+    with pytest.raises(ValueError, match=r"phases\[1\].options: crop: expected a positive int"):
+        Schedule([Phase(1), Phase(1, options={"crop": 0})], template)
 
 
 def test_host_memory_does_not_grow_across_swaps(photo_folder):

@@ -41,7 +41,7 @@ def count(folder: str) -> int:
 )  # fmt: skip
 def test_epochs_of_swaps_keep_memory_fds_and_threads_flat(tmp_path, epochs):
     data = write_photo_folder(tmp_path / "data", 16, num_classes=2, short_side=(40, 64))
-    heavy = dalaug.Loader(data, 8, crop=32, device="cpu", policy="autoaugment", num_threads=2)
+    heavy = dalaug.Loader(data, 8, train=True, crop=32, device="cpu", policy="autoaugment", num_threads=2)
     loader, rss, fds, threads = heavy, [], [], []
     start = time.perf_counter()
     for epoch in range(epochs):

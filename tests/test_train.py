@@ -53,7 +53,7 @@ def history(out: Path) -> list[dict]:
 
 def test_a_dataloader_style_imagenet_loop_runs_unchanged(colour_data):
     # The shape of pytorch/examples' imagenet/main.py train(): only the loader line differs.
-    train_loader = dalaug.Loader(colour_data / "train", 8, crop=16, device="cpu")
+    train_loader = dalaug.Loader(colour_data / "train", 8, train=True, crop=16, device="cpu")
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), 0.1)

@@ -81,7 +81,7 @@ class Trainer:
         train_dir, eval_dir = data_folders(recipe.data)
         first = recipe.phases[0]
         train_loader = dalaug.Loader(
-            train_dir, recipe.batch_size, crop=recipe.crop, scale=recipe.scale, flip=recipe.flip,
+            train_dir, recipe.batch_size, train=True, crop=recipe.crop, scale=recipe.scale, flip=recipe.flip,
             policy=first.policy, seed=recipe.seed, device=self.device,
         )  # fmt: skip
         self.eval_loader = dalaug.Loader(
@@ -130,8 +130,8 @@ class Trainer:
         # Each rank measures the same samples: no sharding for this side measurement.
         options = dict(crop=self.recipe.crop, scale=self.recipe.scale, flip=self.recipe.flip,
                        seed=self.recipe.seed, device=self.device, distributed=False)  # fmt: skip
-        clean = dalaug.Loader(subset, batch, policy=None, **options)
-        augmented = dalaug.Loader(subset, batch, policy=heavy.policy, **options)
+        clean = dalaug.Loader(subset, batch, train=True, policy=None, **options)
+        augmented = dalaug.Loader(subset, batch, train=True, policy=heavy.policy, **options)
         return clean, augmented
 
     # --- the loop -----------------------------------------------------------------------------

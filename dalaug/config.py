@@ -1,0 +1,178 @@
+"""One frozen, hashable description of a loader: what it reads, how it augments, where it runs.
+
+A :class:`LoaderConfig` is validated once, when built, with errors naming the argument. It keys the
+Schedule's loaders (two phases with equal configs share one pipeline) and the saved loader state (a
+state saved under another configuration is refused, not restored into the wrong graph). The device
+is resolved here, once, to an index: a loader built in another thread (the Schedule builds the next
+phase's loader in its own) must not ask ``torch.cuda.current_device()`` again, which is per thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from dalaug.geometry import resolve_interpolation
+from dalaug.graphs import GraphSpec
+from dalaug.policies import PolicyLike, resolve_policy
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last)
+
+# What does not change which samples come out or their pixels: left out of a saved state's identity.
+PERFORMANCE_FIELDS = ("device", "num_threads", "io_threads", "prefetch", "max_bad_fraction")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    """Every :class:`~dalaug.Loader` option, checked; see the Loader for what each one means."""
+
+    batch_size: int
+    train: bool
+    shuffle: bool
+    drop_last: bool
+    crop: int = 224
+    resize: int | None = None
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    policy: PolicyLike | None = None
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    dtype: torch.dtype = torch.float32
+    memory_format: torch.memory_format = torch.contiguous_format
+    device: torch.device | None = None
+    seed: int = 0
+    num_threads: int | None = None
+    io_threads: int = 16
+    prefetch: int = 2
+    roi_decode: bool = True
+    max_bad_fraction: float = 0.001
+    distributed: bool = True
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for name in ("batch_size", "crop", "prefetch", "io_threads"):
+            _check_int(name, getattr(self, name))
+        for name in ("num_threads", "resize"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name))
+        for name in ("train", "shuffle", "drop_last", "flip", "roi_decode", "distributed"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        if self.resize is not None and self.resize < self.crop:
+            raise ValueError(f"resize: must be >= crop ({self.crop}), got {self.resize}")
+        set_(self, "scale", _check_range("scale", self.scale, upper=1.0))
+        set_(self, "ratio", _check_range("ratio", self.ratio, upper=math.inf))
+        mean, std = _check_mean_std(self.mean, self.std)
+        set_(self, "mean", mean)
+        set_(self, "std", std)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {DTYPES}, got {self.dtype!r}")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format: expected one of {MEMORY_FORMATS}, got {self.memory_format!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed: expected a non-negative int, got {self.seed!r}")
+        fraction = self.max_bad_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+            raise ValueError(f"max_bad_fraction: expected a fraction in [0, 1), got {fraction!r}")
+        resolve_interpolation(self.interpolation)  # raises naming `interpolation`
+        set_(self, "policy", resolve_policy(self.policy))
+        if self.policy is not None and not self.train:
+            raise ValueError("policy: an eval loader (train=False) takes no policy")
+        set_(self, "device", resolve_device(self.device))
+
+    def replace(self, **changes: Any) -> LoaderConfig:
+        """A checked copy with some fields changed (the device stays resolved)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown loader option(s): {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def identity(self) -> str:
+        """What a saved loader state must match: every field that decides samples or pixels."""
+        return repr({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                     if f.name not in PERFORMANCE_FIELDS})  # fmt: skip
+
+    def graph_spec(self) -> GraphSpec:
+        return GraphSpec(
+            train=self.train,
+            crop=self.crop,
+            resize=self.resize if self.resize is not None else round(self.crop / 0.875),
+            scale=self.scale,
+            ratio=self.ratio,
+            flip=self.flip,
+            policy=self.policy,
+            mean=tuple(255 * m for m in self.mean),
+            std=tuple(255 * s for s in self.std),
+            half=self.dtype == torch.float16,
+            channels_last=self.memory_format == torch.channels_last,
+            interpolation=resolve_interpolation(self.interpolation),
+            roi_decode=self.roi_decode,
+        )
+
+    def threads(self, local_world_size: int) -> int:
+        """DALI CPU threads: as given, else the cores this process may use, split among the
+        ranks of this node (on CUDA too: the host side of decoding and the policies need them)."""
+        if self.num_threads is not None:
+            return self.num_threads
+        return max(1, len(os.sched_getaffinity(0)) // max(1, local_world_size))
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device as an explicit index: None -> this thread's CUDA device if any, else the CPU.
+
+    Raises:
+        ValueError: not a CPU or CUDA device, or CUDA asked for where there is none.
+    """
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected None, 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {str(device)!r} requested but CUDA is not available")
+        return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+    if device.type != "cpu":
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {str(device)!r}")
+    return device
+
+
+def _check_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+def _check_range(name: str, value, upper: float) -> tuple[float, float]:
+    ok = (
+        isinstance(value, Sequence)
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        and 0 < value[0] <= value[1] <= upper
+    )
+    if not ok:
+        raise ValueError(f"{name}: expected (low, high) with 0 < low <= high <= {upper}, got {value!r}")
+    return (float(value[0]), float(value[1]))
+
+
+def _check_mean_std(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    for name, values in (("mean", mean), ("std", std)):
+        if not (isinstance(values, Sequence) and len(values) == 3):
+            raise ValueError(f"{name}: expected 3 per-channel values on the 0-1 scale, got {values!r}")
+    if not all(0 <= m <= 1 for m in mean):
+        raise ValueError(f"mean: values must lie in [0, 1] (the 0-1 pixel scale), got {mean!r}")
+    if not all(s > 0 for s in std):
+        raise ValueError(f"std: values must be > 0, got {std!r}")
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)

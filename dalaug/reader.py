@@ -1,0 +1,149 @@
+"""Reading each batch's bytes in I/O threads, checking them, and handing them to DALI in order.
+
+The loader's pipeline sees one endless stream of batches. Each position in it is ``(epoch,
+iteration)``; the reader hands DALI the batch at its cursor and moves the cursor on (the last batch
+of an epoch is followed by the first of the next), so a loop that runs epoch after epoch never
+rebuilds anything. A jump (``seek``: another epoch, an epoch broken off) moves the cursor; the
+batches DALI already holds for the old positions are marked stale and the loader drops them as
+they come out. Which samples make a position is :class:`~dalaug.feed.EpochFeed`'s pure function.
+
+File reads run in a pool of I/O threads, ahead of the cursor, never on the thread that iterates
+the loader (the one DALI calls the source from): a network file system's latency is paid by many
+reads at once. Each sample's bytes are checked before DALI sees them (:func:`check_encoded`): DALI
+2.4 can crash the process on bytes it cannot decode (issue 18), so a missing, unreadable, empty,
+truncated or non-image file is named and left out here, and the batch is completed with the next
+samples of the shard, exactly as the feed's exclusion rule says.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from dalaug.feed import EpochFeed
+from dalaug.integrity import check_encoded
+
+Position = tuple[int, int]  # (epoch, iteration)
+CHUNK = 32  # samples read by one task: few tasks per batch, enough of them to keep the pool busy
+MAX_AHEAD = 16  # batches read ahead of the one DALI asks for
+
+
+@dataclass
+class Issued:
+    """A batch handed to DALI: its position, sample ids and bytes (kept alive until taken out)."""
+
+    position: Position
+    ids: np.ndarray
+    data: list[np.ndarray]
+    stale: bool = False
+
+
+class BatchReader:
+    """The ``fn.external_source`` callback of a loader's pipeline (see the module docstring).
+
+    Args:
+        feed: the epoch order.
+        threads: I/O threads reading ahead.
+    """
+
+    def __init__(self, feed: EpochFeed, threads: int) -> None:
+        self.feed = feed
+        self.cursor: Position = (0, 0)  # the next position handed to DALI
+        self.issued: collections.deque[Issued] = collections.deque()
+        self.found_bad: dict[int, str] = {}  # sample id -> reason, for the loader to report
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dalaug-read")
+        # Enough batches ahead that every I/O thread has a chunk to read, within bounds on memory.
+        self._ahead = min(MAX_AHEAD, max(2, math.ceil(threads * CHUNK / feed.batch_size) + 1))
+        self._reads: dict[Position, tuple[np.ndarray, list[Future]]] = {}
+
+    def restart(self, position: Position) -> None:
+        """A new pipeline starts at ``position``: nothing is in flight."""
+        self.issued.clear()
+        self._move(position)
+
+    def seek(self, position: Position) -> None:
+        """Serve ``position`` next; batches already handed to DALI for other positions go stale."""
+        live = [entry for entry in self.issued if not entry.stale]
+        if live and live[0].position == position or not live and self.cursor == position:
+            return
+        for entry in self.issued:
+            entry.stale = True
+        self._move(position)
+
+    def take(self) -> Issued:
+        """The entry of the batch DALI just gave out (the oldest handed over)."""
+        return self.issued.popleft()
+
+    def close(self) -> None:
+        self._reads.clear()
+        self.issued.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __call__(self, info) -> tuple[list[np.ndarray], np.ndarray]:
+        # DALI's own (epoch_idx, iteration) are ignored: the stream never ends, the cursor decides.
+        position = self.cursor
+        while True:
+            ids, futures = self._reads.pop(position, None) or self._submit(position)
+            data, bad = [], {}
+            for future in futures:
+                for sample_id, (array, reason) in future.result():
+                    if reason is None:
+                        data.append(array)
+                    else:
+                        bad[sample_id] = reason
+            if not bad:
+                break
+            # Left out from here on; the batch takes the next samples of the shard instead, and
+            # the batches read ahead are read again (their samples have moved up by one).
+            self.found_bad.update(bad)
+            self.feed.exclude(bad)
+            self._reads.clear()
+        self.issued.append(Issued(position, ids, data))
+        self.cursor = self._after(position)
+        self._read_ahead()
+        return data, self.feed.samples.labels[ids].astype(np.int32)
+
+    # --- reading ahead --------------------------------------------------------------------------
+
+    def _move(self, position: Position) -> None:
+        self.cursor = position
+        self._reads.clear()  # reads already running finish on their own; their results are dropped
+
+    def _after(self, position: Position) -> Position:
+        epoch, iteration = position
+        return (epoch, iteration + 1) if iteration + 1 < self.feed.num_batches() else (epoch + 1, 0)
+
+    def _read_ahead(self) -> None:
+        position = self.cursor
+        for _ in range(self._ahead):
+            if position not in self._reads:
+                self._reads[position] = self._submit(position)
+            position = self._after(position)
+
+    def _submit(self, position: Position) -> tuple[np.ndarray, list[Future]]:
+        ids = self.feed.batch_ids(*position)
+        chunks = [ids[start : start + CHUNK] for start in range(0, len(ids), CHUNK)]
+        return ids, [self._pool.submit(self._read_chunk, chunk) for chunk in chunks]
+
+    def _read_chunk(self, ids: np.ndarray) -> list[tuple[int, tuple[np.ndarray | None, str | None]]]:
+        return [(int(i), self._read(int(i))) for i in ids]
+
+    def read_bytes(self, sample_id: int) -> np.ndarray:
+        return self.feed.samples.read(sample_id)
+
+    def _read(self, sample_id: int) -> tuple[np.ndarray | None, str | None]:
+        # A second read before giving up: a network file system's hiccup is not a bad file.
+        for _ in range(2):
+            try:
+                data = self.read_bytes(sample_id)
+            except OSError as error:
+                reason = f"cannot read: {error.strerror or error}"
+                continue
+            reason = check_encoded(data)
+            if reason is None:
+                return data, None
+        return None, reason
