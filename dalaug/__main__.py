@@ -1,9 +1,12 @@
 """The ``dalaug`` command line (also ``python -m dalaug``).
 
     dalaug verify PATH [--report FILE] [--workers N] [--no-progress]
+    dalaug convert-cifar SRC DEST [--format folder|webdataset]
 
 ``verify`` decodes every sample of a data set with DALI and exits 1 when any fails, so it can gate
-a training job: ``dalaug verify /data/train && torchrun train.py ...``.
+a training job: ``dalaug verify /data/train && torchrun train.py ...``. ``convert-cifar`` turns
+torchvision's downloaded CIFAR-10/100 batches into ``DEST/train`` and ``DEST/val`` of PNG files,
+the ``--data`` folder of the CIFAR recipes in ``pipelines/``.
 """
 
 from __future__ import annotations
@@ -32,9 +35,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     check.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
+    convert = commands.add_parser(
+        "convert-cifar",
+        help="convert torchvision's downloaded CIFAR-10/100 to train/ and val/ PNG folders or shards",
+        description="Read the pickled batches of cifar-10-batches-py/ or cifar-100-python/ and write "
+        "DEST/train and DEST/val (lossless PNG; labels are CIFAR's indices) and DEST/classes.txt.",
+    )
+    convert.add_argument("src", help="the cifar-10-batches-py or cifar-100-python folder, or its parent")
+    convert.add_argument("dest", help="folder to create (must not exist)")
+    convert.add_argument(
+        "--format", default="folder", choices=["folder", "webdataset"],
+        help="ImageFolder of PNGs (default) or WebDataset .tar shards",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.command == "verify":
         return _verify(args)
+    if args.command == "convert-cifar":
+        return _convert_cifar(args)
     return EXIT_USAGE  # unreachable: argparse requires a known command
 
 
@@ -59,6 +76,21 @@ def _verify(args: argparse.Namespace) -> int:
         f"({report.seconds:.1f} s); report: {written}"
     )
     return EXIT_OK if report.ok else EXIT_FAILURES
+
+
+def _convert_cifar(args: argparse.Namespace) -> int:
+    from dalaug.cifar import convert_cifar
+
+    try:
+        dest = convert_cifar(args.src, args.dest, fmt=args.format)
+    except (FileNotFoundError, FileExistsError) as error:
+        print(f"dalaug convert-cifar: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as error:  # a corrupt batch or meta file
+        print(f"dalaug convert-cifar: {error}", file=sys.stderr)
+        return EXIT_FAILURES
+    print(f"wrote {dest / 'train'} and {dest / 'val'} ({args.format})")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""CIFAR-100, PreActResNet-18, CutMix (p = 0.5, alpha = 1) then refinement: He et al., Table 1.
+"""CIFAR-100, PreActResNet-18, CutMix (p = 0.5, alpha = 1) then refinement: He et al., Table 1
+(79.8 -> 80.6).
 
 Everything else as ``cifar100_mixup.py``: 400 + 50 epochs, LR 0.1 /10 at 150 and 275, wd 1e-4,
 batch 128, refinement at the last stage's rate.
+
+Data: ``python -m dalaug convert-cifar PATH/cifar-100-python data/cifar100``, then
+``python -m train --recipe pipelines/cifar100_cutmix.py --data data/cifar100``.
 """
 
 from pathlib import Path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,10 @@ class Recipe:
         lr: learning rate at the start of training (after warm-up).
         momentum, nesterov, weight_decay: SGD settings.
         lr_schedule: ``"step"`` (divide by ``1/gamma`` at each of ``milestones``) or ``"cosine"``.
+        cosine_epochs: the epoch where the cosine reaches 0 (default: the end of training). Set it
+            to the augmented phases' length when the refinement after them has its own ``lr``, as
+            the paper refines its cosine-trained models (WideResNet with AutoAugment, Shake-Shake);
+            every phase that starts from there on must then set ``lr``.
         milestones: epochs where the step schedule divides the rate.
         gamma: the step schedule's factor.
         warmup_epochs: linear warm-up from ``lr / 10`` (per batch).
@@ -63,6 +68,7 @@ class Recipe:
     nesterov: bool = False
     weight_decay: float = 1e-4
     lr_schedule: str = "step"
+    cosine_epochs: int | None = None
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     warmup_epochs: int = 0
@@ -101,6 +107,25 @@ class Recipe:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         if not isinstance(self.gap_samples, int) or self.gap_samples < 0:
             raise ValueError(f"gap_samples: expected an int >= 0, got {self.gap_samples!r}")
+        if self.cosine_epochs is not None:
+            self._check_cosine_epochs()
+
+    def _check_cosine_epochs(self) -> None:
+        end = self.cosine_epochs
+        if self.lr_schedule != "cosine":
+            raise ValueError(f"cosine_epochs: only with lr_schedule='cosine', not {self.lr_schedule!r}")
+        if isinstance(end, bool) or not isinstance(end, int) or not self.warmup_epochs < end <= self.epochs:
+            raise ValueError(
+                f"cosine_epochs: expected an int in ({self.warmup_epochs}, {self.epochs}], got {end!r}"
+            )
+        start = 0
+        for index, phase in enumerate(self.phases):
+            if start >= end and phase.lr is None:
+                raise ValueError(
+                    f"cosine_epochs: the rate is 0 from epoch {end}, where phases[{index}] "
+                    f"({phase.name or 'unnamed'}) starts at {start}: give that phase an lr"
+                )
+            start += phase.epochs
 
     @property
     def epochs(self) -> int:
@@ -111,7 +136,10 @@ class Recipe:
         if progress < self.warmup_epochs:
             return self.lr * (0.1 + 0.9 * progress / self.warmup_epochs)
         if self.lr_schedule == "cosine":
-            span = self.epochs - self.warmup_epochs
+            end = self.cosine_epochs or self.epochs
+            if progress >= end:
+                return 0.0
+            span = end - self.warmup_epochs
             return 0.5 * self.lr * (1 + math.cos(math.pi * (progress - self.warmup_epochs) / span))
         return self.lr * self.gamma ** sum(progress >= m for m in self.milestones)
 
@@ -142,7 +170,9 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def with_epochs(recipe: Recipe, epochs: int) -> Recipe:
-    """Scale every phase (and the milestones) to ``epochs`` in total, keeping their proportions."""
+    """Scale every phase (and the milestones) to ``epochs`` in total, keeping their proportions.
+
+    A ``cosine_epochs`` at a phase boundary stays at that boundary."""
     if not isinstance(epochs, int) or epochs < len(recipe.phases):
         raise ValueError(f"epochs: expected an int >= {len(recipe.phases)} (one per phase), got {epochs!r}")
     scale = epochs / recipe.epochs
@@ -151,4 +181,15 @@ def with_epochs(recipe: Recipe, epochs: int) -> Recipe:
     phases = [dataclasses.replace(p, epochs=n) for p, n in zip(recipe.phases, lengths, strict=True)]
     milestones = tuple(sorted({min(epochs - 1, max(1, round(m * scale))) for m in recipe.milestones}))
     warmup = min(round(recipe.warmup_epochs * scale), epochs - 1)
-    return dataclasses.replace(recipe, phases=phases, milestones=milestones, warmup_epochs=warmup)
+    cosine = recipe.cosine_epochs
+    if cosine is not None:
+        ends = list(itertools.accumulate(p.epochs for p in recipe.phases))
+        new_ends = list(itertools.accumulate(lengths))
+        cosine = (
+            new_ends[ends.index(cosine)]
+            if cosine in ends
+            else min(epochs, max(warmup + 1, round(cosine * scale)))
+        )
+    return dataclasses.replace(
+        recipe, phases=phases, milestones=milestones, warmup_epochs=warmup, cosine_epochs=cosine
+    )
