@@ -10,19 +10,17 @@ same epoch order, sharding and bad-file handling apply to every kind of source.
 from __future__ import annotations
 
 import os
-import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 
 import numpy as np
 
+from dalaug.webdataset import index_shards
+
 # The extensions torchvision's ImageFolder accepts (its IMG_EXTENSIONS), so both see the same files.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-# Member extensions of a WebDataset sample that hold the image and the class index (ASCII).
-WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-WEBDATASET_LABEL_EXTENSION = "cls"
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,40 +176,19 @@ def _pairs(pairs) -> Samples:
 
 
 def webdataset(shards: Sequence[str | Path]) -> Samples:
-    """Index WebDataset shards: each sample is ``key.jpg`` (or png/webp) plus ``key.cls``."""
-    paths, offsets, sizes, labels = [], [], [], []
-    for shard in map(Path, shards):
-        if not shard.is_file():
-            raise FileNotFoundError(f"source: shard {str(shard)!r} does not exist")
-        images, classes = {}, {}
-        try:
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    key, _, ext = member.name.rpartition(".")
-                    if ext.lower() in WEBDATASET_IMAGE_EXTENSIONS:
-                        images[key] = (member.offset_data, member.size)
-                    elif ext == WEBDATASET_LABEL_EXTENSION:
-                        text = tar.extractfile(member).read().decode().strip()
-                        if not text.isdigit():
-                            raise ValueError(
-                                f"source: {str(shard)!r} member {member.name!r} holds {text!r}, "
-                                "not a class index"
-                            )
-                        classes[key] = int(text)
-        except tarfile.TarError as error:
-            raise ValueError(
-                f"source: {str(shard)!r} is not a readable tar file ({error})"
-            ) from None
-        for key, (offset, size) in images.items():
-            if key not in classes:
-                raise ValueError(f"source: {str(shard)!r} sample {key!r} has no .cls label")
-            paths.append(str(shard))
-            offsets.append(offset)
-            sizes.append(size)
-            labels.append(classes[key])
-    if not paths:
-        raise ValueError(f"source: no image samples in shards {[str(s) for s in shards]}")
+    """Index WebDataset shards: each sample is ``key.jpg`` (or jpeg/png/webp) plus ``key.cls``.
+
+    Each shard's index is built once and stored (see :mod:`dalaug.webdataset`)."""
+    if not shards:
+        raise ValueError("source: no WebDataset shards given")
+    indexes = index_shards(shards)
+    labels = np.concatenate([index.labels for index in indexes])
+    # One str per shard, referenced by each of its samples: a pointer a sample, no copies.
+    paths = chain.from_iterable(
+        repeat(str(shard), len(index.labels)) for shard, index in zip(shards, indexes, strict=True)
+    )
     return Samples(
-        tuple(paths), np.asarray(offsets, np.int64), np.asarray(sizes, np.int64),
-        np.asarray(labels, np.int64), tuple(str(c) for c in range(max(labels) + 1)),
+        tuple(paths), np.concatenate([index.offsets for index in indexes]),
+        np.concatenate([index.sizes for index in indexes]), labels,
+        tuple(str(c) for c in range(int(labels.max()) + 1)),
     )  # fmt: skip
