@@ -98,7 +98,8 @@ def measure_gap(
             f"augmented: {lengths[1]} batches, but clean has {lengths[0]}; give both the same samples"
         )
     device = next((p.device for p in model.parameters()), None)
-    generators: dict[str, torch.Generator] = {}
+    # Operators draw their parameters on the host: one CPU generator serves every device.
+    generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
     clean_sum = augmented_sum = None
@@ -113,17 +114,18 @@ def measure_gap(
                 else:
                     aug_images, aug_targets = _matching(index, targets, others, clean, augmented)
                     aug_images, aug_targets = _to(aug_images, device), _to(aug_targets, device)
-                key = str(aug_images.device)
-                if key not in generators:
-                    generators[key] = torch.Generator(aug_images.device).manual_seed(seed)
                 for op in operators:
                     if isinstance(op, BatchOp):
-                        aug_images, aug_targets = op(aug_images, aug_targets, generator=generators[key])
+                        aug_images, aug_targets = op(aug_images, aug_targets, generator=generator)
                     else:
                         aug_images, aug_targets = op(aug_images, aug_targets)
                 # Sums stay on the device; one read at the end instead of a sync per batch.
-                clean_loss = _loss_sum(model(images), targets)
-                augmented_loss = _loss_sum(model(aug_images), aug_targets)
+                logits = model(images)
+                # Unchanged images (no operator applied): the same logits, not a second forward
+                # pass, whose rounding may differ (oneDNN picks kernels by buffer alignment).
+                aug_logits = logits if aug_images is images else model(aug_images)
+                clean_loss = _loss_sum(logits, targets)
+                augmented_loss = _loss_sum(aug_logits, aug_targets)
                 clean_sum = clean_loss if clean_sum is None else clean_sum + clean_loss
                 augmented_sum = augmented_loss if augmented_sum is None else augmented_sum + augmented_loss
                 samples += images.shape[0]
@@ -137,9 +139,10 @@ def measure_gap(
 def _loss_sum(logits: Tensor, targets: Tensor) -> Tensor:
     """Summed cross-entropy against class indices (B,) or soft targets (B, C)."""
     logits = logits.float()
-    if targets.is_floating_point():
-        return -(targets.float() * F.log_softmax(logits, dim=1)).sum()
-    return F.cross_entropy(logits, targets, reduction="sum")
+    if not targets.is_floating_point():
+        # One formula for both kinds, so one-hot soft targets give exactly the indices' loss.
+        targets = targets[:, None] == torch.arange(logits.shape[1], device=logits.device)
+    return -(targets.float() * F.log_softmax(logits, dim=1)).sum()
 
 
 def _matching(index: int, targets: Tensor, others, clean, augmented) -> tuple[Tensor, Tensor]:

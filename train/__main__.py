@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     history = trainer.run()
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
     if trainer.rank == 0 and history:
         print(f"\n{recipe.name}: {recipe.epochs} epochs in {time.perf_counter() - start:.0f} s "
               f"on {trainer.device}\n")  # fmt: skip

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import dalaug
 from dalaug import checkpoint
+from dalaug.config import resolve_device
 from dalaug.ops import BatchOp, soft_targets
 from train.models import create_model
 from train.recipe import Recipe
@@ -68,36 +69,39 @@ class Trainer:
         self.recipe = recipe
         self.out = Path(out)
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if device in (None, "cuda") and torch.cuda.is_available():
+            device = f"cuda:{local_rank}"  # each rank its own GPU, also for a bare "cuda"
+        self.device = resolve_device(device)
+        on_gpu = self.device.type == "cuda"
+        if on_gpu:
+            torch.cuda.set_device(self.device)  # before the process group: NCCL binds to it
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
         if self.distributed and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
+            dist.init_process_group("nccl" if on_gpu else "gloo", device_id=self.device if on_gpu else None)
         self.rank = dist.get_rank() if self.distributed else 0
-        if device is None and torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        self.device = torch.device(device or "cpu")
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
         torch.manual_seed(recipe.seed)
 
         train_dir, eval_dir = data_folders(recipe.data)
         first = recipe.phases[0]
-        train_loader = dalaug.Loader(
-            train_dir, recipe.batch_size, train=True, crop=recipe.crop, scale=recipe.scale, flip=recipe.flip,
-            policy=first.policy, seed=recipe.seed, device=self.device,
-        )  # fmt: skip
-        self.eval_loader = dalaug.Loader(
-            eval_dir, recipe.batch_size, train=False, crop=recipe.crop, resize=recipe.eval_resize,
-            device=self.device,
-        )  # fmt: skip
-        self.classes = train_loader.classes
-        self.num_classes = len(self.classes)
-        self.schedule = dalaug.Schedule(recipe.phases, train_loader)
-        self.gap_loaders = self._gap_loaders(train_loader)
-
-        on_gpu = self.device.type == "cuda"
         self.amp = AMP_DTYPES.get(recipe.precision) if on_gpu else None
         self.memory_format = (
             torch.channels_last if on_gpu and recipe.channels_last else torch.contiguous_format
         )
+        # DALI emits the layout and (for fp16) the dtype the model takes: no conversion pass per step.
+        emitted = dict(memory_format=self.memory_format, dtype=self.amp or torch.float32, device=self.device)
+        train_loader = dalaug.Loader(
+            train_dir, recipe.batch_size, train=True, crop=recipe.crop, scale=recipe.scale,
+            flip=recipe.flip, policy=first.policy, seed=recipe.seed, **emitted,
+        )  # fmt: skip
+        self.eval_loader = dalaug.Loader(
+            eval_dir, recipe.batch_size, train=False, crop=recipe.crop, resize=recipe.eval_resize, **emitted
+        )  # fmt: skip
+        self.classes = train_loader.classes
+        self.num_classes = len(self.classes)
+        self.schedule = dalaug.Schedule(recipe.phases, train_loader)
+        self.gap_batches = self._gap_batches(train_loader)
+
         model = create_model(recipe.model, self.num_classes, **recipe.model_kwargs)
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.module = self.model
@@ -108,15 +112,19 @@ class Trainer:
             nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
         )  # fmt: skip
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
-        # Operators draw from this generator only: its state goes in the checkpoint.
-        self.generator = torch.Generator(self.device).manual_seed(recipe.seed * 1009 + self.rank)
+        # Operators draw their parameters on the host from this generator only: it is in the checkpoint.
+        self.generator = torch.Generator().manual_seed(recipe.seed * 1009 + self.rank)
         self.history: list[dict] = []
         self.start_epoch = 0
         if resume and (self.out / "checkpoint.pt").exists():
             self._load(self.out / "checkpoint.pt")
 
-    def _gap_loaders(self, train_loader: dalaug.Loader) -> tuple | None:
-        """Clean and heavy pipelines over the same few training samples, for the gap monitor."""
+    def _gap_batches(self, train_loader: dalaug.Loader) -> tuple | None:
+        """Clean and heavy batches of the same few training samples, for the gap monitor.
+
+        Taken once and kept on the host: the measurement sees the same crops every epoch, so two
+        pipelines held for the whole run (threads, memory pools) would buy nothing.
+        """
         if not self.recipe.gap_samples:
             return None
         samples = train_loader.samples
@@ -127,12 +135,13 @@ class Trainer:
         heavy = max(self.recipe.phases, key=lambda p: (p.policy is not None, len(p.operators)))
         self.gap_operators = [getattr(op, "op", op) for op in heavy.operators]  # unwrap Fades
         batch = min(self.recipe.batch_size, len(subset))
-        # Each rank measures the same samples: no sharding for this side measurement.
-        options = dict(crop=self.recipe.crop, scale=self.recipe.scale, flip=self.recipe.flip,
-                       seed=self.recipe.seed, device=self.device, distributed=False)  # fmt: skip
-        clean = dalaug.Loader(subset, batch, train=True, policy=None, **options)
-        augmented = dalaug.Loader(subset, batch, train=True, policy=heavy.policy, **options)
-        return clean, augmented
+        taken = []
+        for policy in (None, heavy.policy):
+            # Each rank measures the same samples: no sharding for this side measurement.
+            config = train_loader.config.replace(batch_size=batch, policy=policy, distributed=False)
+            with train_loader.with_config(config) as loader:
+                taken.append([(x.cpu(), y.cpu()) for x, y in loader])
+        return tuple(taken)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -145,7 +154,11 @@ class Trainer:
             # The checkpoint's history is the truth: a run killed after logging an epoch but
             # before checkpointing it must not log that epoch twice.
             (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        for epoch in range(self.start_epoch, min(until or self.recipe.epochs, self.recipe.epochs)):
+        self.schedule.load_state_dict({"epoch": self.start_epoch})
+        for epoch in self.schedule:  # the schedule's cursor moves on: its state is the next epoch
+            if until is not None and epoch >= until:
+                self.schedule.load_state_dict({"epoch": epoch})
+                break
             record = self.train_epoch(epoch)
             record.update(self.evaluate())
             record.update(self.measure_gap())
@@ -171,7 +184,6 @@ class Trainer:
             lr = self.schedule.lr_at(epoch, recipe.base_lr(epoch + step / len(loader)))
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            images = images.contiguous(memory_format=self.memory_format)
             soft = soft_targets(targets, self.num_classes, recipe.label_smoothing)
             for op in operators:
                 if isinstance(op, BatchOp):
@@ -202,7 +214,6 @@ class Trainer:
         self.model.eval()
         totals = torch.zeros(4, device=self.device)  # loss sum, top-1, top-5, count
         for images, targets in self.eval_loader:
-            images = images.contiguous(memory_format=self.memory_format)
             with torch.autocast(self.device.type, self.amp) if self.amp else nullcontext():
                 logits = self.model(images).float()
             top5 = logits.topk(min(5, self.num_classes), dim=1).indices
@@ -215,12 +226,10 @@ class Trainer:
         return {"test_loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count}
 
     def measure_gap(self) -> dict:
-        if self.gap_loaders is None:
+        if self.gap_batches is None:
             return {}
-        clean, augmented = self.gap_loaders
-        for loader in (clean, augmented):
-            loader.set_epoch(0)  # the same samples and crops order every epoch
-        gap = dalaug.measure_gap(self.module, list(clean), self.gap_operators, augmented=list(augmented))
+        clean, augmented = self.gap_batches
+        gap = dalaug.measure_gap(self.module, clean, self.gap_operators, augmented=augmented)
         return {"clean_train_loss": gap.clean, "augmented_train_loss": gap.augmented}
 
     # --- helpers ------------------------------------------------------------------------------
@@ -242,7 +251,6 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "generator": self.generator.get_state(),
             "loader": loader.state_dict(),
-            "loader_policy": repr(loader.spec.policy),
             "history": self.history,
         }
         if self.distributed:
@@ -268,8 +276,9 @@ class Trainer:
         self.start_epoch = state["epoch"] + 1
         if self.start_epoch < self.recipe.epochs:
             loader = self.schedule.loader_at(self.start_epoch)
-            # The same pipeline goes on into the next epoch only when the phase keeps the policy.
-            if repr(loader.spec.policy) == state["loader_policy"]:
+            # The saved pipeline goes on into the next epoch only when the phase keeps the whole
+            # loader configuration; a phase with another one starts its own loader, as it did.
+            if loader_state["config"] == loader.config.identity():
                 loader.load_state_dict(loader_state)
         log.info("resumed from %s at epoch %d", path, self.start_epoch)
 

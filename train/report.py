@@ -20,7 +20,9 @@ def phase_boundaries(recipe: Recipe) -> list[int]:
 
 def summary_table(recipe: Recipe, history: list[dict]) -> str:
     """Accuracy and clean/augmented training loss at the end of each phase."""
-    header = f"{'end of phase':<22}{'epoch':>6}{'top-1':>8}{'top-5':>8}{'clean loss':>12}{'aug. loss':>11}"
+    # Two spaces between columns and 4 significant digits: a large loss widens its column instead
+    # of running into the next one.
+    header = f"{'end of phase':<22}{'epoch':>6}  {'top-1':>6}  {'top-5':>6}  {'clean loss':>10}  {'aug. loss':>10}"
     lines = [header, "-" * len(header)]
     end = -1
     for index, phase in enumerate(recipe.phases):
@@ -32,7 +34,7 @@ def summary_table(recipe: Recipe, history: list[dict]) -> str:
         name = phase.name or f"phase {index}"
         clean, augmented = r.get("clean_train_loss", math.nan), r.get("augmented_train_loss", math.nan)
         lines.append(
-            f"{name:<22}{end + 1:>6}{r['top1']:>8.2f}{r['top5']:>8.2f}{clean:>12.4f}{augmented:>11.4f}"
+            f"{name:<22}{end + 1:>6}  {r['top1']:>6.2f}  {r['top5']:>6.2f}  {clean:>10.4g}  {augmented:>10.4g}"
         )
     return "\n".join(lines)
 

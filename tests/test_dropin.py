@@ -1,0 +1,132 @@
+"""The DataLoader surface that third-party training scripts touch, on a dalaug Loader."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torchvision.datasets import ImageFolder
+
+import dalaug
+
+CROP = 32
+
+
+def test_train_must_be_said_or_follow_shuffle(photo_folder):
+    with pytest.raises(ValueError, match="train: say train=True"):
+        dalaug.Loader(photo_folder, 8, crop=CROP, device="cpu")
+    # A DataLoader call says it with shuffle: shuffle=False is a validation loader, which never augments.
+    val = dalaug.Loader(photo_folder, 8, shuffle=False, crop=CROP, device="cpu")
+    train = dalaug.Loader(photo_folder, 8, shuffle=True, crop=CROP, device="cpu")
+    assert (val.train, val.drop_last, train.train, train.drop_last) == (False, False, True, True)
+    assert sum(len(y) for _, y in val) == 60  # every sample once, the last partial batch too
+
+
+def test_dataset_sampler_and_attributes_answer_like_a_dataloader(photo_folder):
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", num_workers=2,
+                           pin_memory=True, drop_last=False)  # fmt: skip
+    reference = ImageFolder(photo_folder)
+    dataset = loader.dataset
+    assert len(dataset) == len(reference) and dataset.classes == reference.classes
+    assert dataset.class_to_idx == reference.class_to_idx
+    assert dataset.samples == [(str(p), y) for p, y in reference.samples] == dataset.imgs
+    assert dataset.targets == reference.targets
+    assert (loader.batch_size, loader.drop_last, loader.num_workers) == (8, False, 2)
+    assert len(loader) == 8  # 60 / 8 rounded up: drop_last=False is honoured
+    sampler = loader.sampler
+    assert (len(sampler), sampler.num_replicas, sampler.rank, sampler.shuffle) == (60, 1, 0, True)
+    sampler.set_epoch(3)  # as a DistributedSampler loop does: the loader serves epoch 3 next
+    assert loader.epoch == 3 and sorted(sampler) == list(range(60))
+
+
+@pytest.mark.parametrize("name", ["collate_fn", "sampler", "batch_sampler", "worker_init_fn"])
+def test_dataloader_arguments_without_a_meaning_here_say_what_to_use(photo_folder, name):
+    with pytest.raises(TypeError, match=f"{name}: not a dalaug.Loader argument"):
+        dalaug.Loader(photo_folder, 8, train=True, device="cpu", **{name: None})
+
+
+def test_dataloader_names_cannot_contradict_ours(photo_folder):
+    with pytest.raises(TypeError, match="num_workers or num_threads"):
+        dalaug.Loader(photo_folder, 8, train=True, device="cpu", num_workers=2, num_threads=3)
+
+
+def test_a_batch_larger_than_the_shard_is_refused_when_built(photo_folder):
+    with pytest.raises(ValueError, match="batch_size: 64 is more than the 60 samples"):
+        dalaug.Loader(photo_folder, 64, train=True, crop=CROP, device="cpu")
+
+
+def test_channels_last_and_float16_come_straight_from_dali(photo_folder):
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", dtype=torch.float16,
+                           memory_format=torch.channels_last)  # fmt: skip
+    images, _ = next(iter(loader))
+    assert images.shape == (8, 3, CROP, CROP) and images.dtype == torch.float16
+    assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+    plain = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", dtype=torch.float16)
+    reference, _ = next(iter(plain))
+    assert torch.equal(images, reference)  # the same pixels, another layout
+
+
+def test_a_peek_costs_no_rebuild_and_the_next_epoch_is_whole(photo_folder):
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", seed=3)
+    reference = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", seed=3)
+    next(iter(loader))  # a peek, as scripts do to print shapes: counts as a broken-off epoch
+    reference.set_epoch(1)
+    ids = [loader.sample_ids.clone() for _ in loader]
+    assert torch.equal(torch.cat(ids), torch.cat([reference.sample_ids.clone() for _ in reference]))
+    for _ in loader:  # and on into epoch 2 with the same pipeline
+        pass
+    assert loader._generation == 1  # one pipeline built, for all of it
+
+
+def test_files_are_read_off_the_training_thread(photo_folder):
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu")
+    read, threads = loader.reader.read_bytes, set()
+
+    def recording(index):
+        threads.add(threading.current_thread().name)
+        return read(index)
+
+    loader.reader.read_bytes = recording
+    for _ in loader:
+        pass
+    assert threads and all(name.startswith("dalaug-read") for name in threads)
+
+
+def test_a_state_saved_under_another_configuration_is_refused(photo_folder):
+    heavy = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", policy="autoaugment")
+    next(iter(heavy))
+    clean = heavy.with_options(policy=None, flip=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        clean.load_state_dict(heavy.state_dict())
+    # Performance settings are not part of it: a state moves between thread counts.
+    heavy.with_options(num_threads=1, prefetch=3).load_state_dict(heavy.state_dict())
+
+
+def test_operators_in_the_loader_give_soft_targets_and_turn_off_at_once(photo_folder):
+    mix = dalaug.Mixup(alpha=1.0, num_classes=3, seed=0)
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", operators=[mix])
+    images, soft = next(iter(loader))
+    assert soft.shape == (8, 3) and torch.allclose(soft.sum(1), torch.ones(8))
+    assert (soft.max(1).values < 1).any()  # mixed
+    mix.mixup_enabled = False  # what timm's train.py sets at --mixup-off-epoch
+    for images, soft in loader:
+        assert torch.equal(soft.max(1).values, torch.ones(8))  # one-hot: not mixed any more
+
+
+def test_the_device_is_resolved_once_not_per_thread(monkeypatch):
+    # torch.cuda.current_device() is per host thread: the Schedule builds loaders in its own thread,
+    # where it would say 0. Shown here without a GPU by letting each thread answer differently.
+    from dalaug.config import LoaderConfig, resolve_device
+
+    local = threading.local()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: getattr(local, "device", 0))
+    local.device = 3  # this rank's GPU, set by torch.cuda.set_device in the main thread
+    assert resolve_device(None) == resolve_device("cuda") == torch.device("cuda", 3)
+    config = LoaderConfig(batch_size=8, train=True, shuffle=True, drop_last=True)
+    built = []
+    worker = threading.Thread(target=lambda: built.append(config.replace(policy="autoaugment")))
+    worker.start()
+    worker.join()
+    assert config.device == built[0].device == torch.device("cuda", 3)
