@@ -1,4 +1,4 @@
-"""Batch operators on image tensors: Mixup, CutMix, Cutout, SaliencyMix and RandomChoice.
+"""Batch operators on image tensors: Mixup, CutMix, Cutout, RandomErasing, SaliencyMix, RandomChoice.
 
 Each takes ``(images (N, C, H, W) float, targets)`` with integer class indices (N,) or soft targets
 (N, C) and returns ``(images, soft_targets (N, C))``; see ``dalaug.ops.base`` for the protocol.
@@ -6,6 +6,7 @@ Each takes ``(images (N, C, H, W) float, targets)`` with integer class indices (
 
 from dalaug.ops.base import Augmentation, BatchOp, ChoiceParams, RandomChoice, soft_targets
 from dalaug.ops.cutout import Cutout, CutoutParams
+from dalaug.ops.erasing import RandomErasing
 from dalaug.ops.mixing import BoxParams, CutMix, Mixup, MixupParams
 from dalaug.ops.saliency import SaliencyMix, saliency_peaks, spectral_residual_saliency
 
@@ -20,6 +21,7 @@ __all__ = [
     "Mixup",
     "MixupParams",
     "RandomChoice",
+    "RandomErasing",
     "SaliencyMix",
     "saliency_peaks",
     "soft_targets",

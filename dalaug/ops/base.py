@@ -2,9 +2,14 @@
 
 Every operator follows one protocol, after kornia's ``forward_parameters``/``apply_func`` and
 torchvision v2's ``make_params``/``transform``: ``params = op.sample(images)`` draws all the random
-numbers as tensors on the batch's device, ``op.apply(images, targets, params)`` moves the pixels and
-mixes the labels with those same numbers, and ``op(images, targets)`` does both. A params object can
-be logged, replayed, moved to another device and tested on its own.
+numbers, ``op.apply(images, targets, params)`` moves the pixels and mixes the labels with those same
+numbers, and ``op(images, targets)`` does both. A params object can be logged, replayed, moved to
+another device and tested on its own.
+
+Parameters are drawn on the host from a CPU ``torch.Generator`` (see ``dalaug.ops.sampling``), as
+timm draws its λ: one value per batch stays a Python number, so the operator can choose what to
+launch (a patch-sized slice, or nothing at all) without waiting for the device; per-sample values
+reach the device in one non-blocking copy. Nothing in an operator call syncs the host on CUDA.
 
 Labels have one representation: soft targets of shape (B, C), rows summing to one, with timm's
 label-smoothing convention (off = s / C, on = 1 - s + s / C).
@@ -13,14 +18,18 @@ label-smoothing convention (off = s / C, on = 1 - s + s / C).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from numbers import Real
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from dalaug.ops.sampling import check_generator, host_rng
 
 # --- argument checks (raised eagerly, each naming its argument) ---------------------------------
 
@@ -98,8 +107,9 @@ def soft_targets(targets: Tensor, num_classes: int | None = None, label_smoothin
 
     Returns:
         Soft targets (B, C) on the targets' device: float32 for integer targets, else the targets'
-        dtype. Integer targets are range-checked only on the CPU: on CUDA the check would wait for
-        the device, so an out-of-range index there silently gives a row of ``s / C``.
+        dtype. An integer target outside [0, C) raises ValueError on the CPU; on other devices
+        checking it on the host would wait for the device, so its row becomes NaN instead (see
+        ``smoothed_one_hot``) and the loss of that step is NaN, not silently wrong.
 
     Example:
         >>> soft_targets(torch.tensor([0, 2]), num_classes=3)
@@ -127,23 +137,48 @@ def soft_targets(targets: Tensor, num_classes: int | None = None, label_smoothin
         raise ValueError(f"integer targets must be 1-D (B,), got shape {tuple(targets.shape)}")
     if num_classes is None:
         raise ValueError("num_classes is required to turn integer targets into soft targets")
-    if targets.device.type == "cpu" and targets.numel() > 0:
-        low, high = torch.aminmax(targets)
+    on_cpu = targets.device.type == "cpu"
+    if on_cpu and targets.numel() > 0:
+        values = targets.tolist()  # on the CPU already: no sync, and cheaper than a reduction
+        low, high = min(values), max(values)
         if low < 0 or high >= num_classes:
             raise ValueError(
-                f"targets must lie in [0, num_classes={num_classes}), got values in [{int(low)}, {int(high)}]"
+                f"targets must lie in [0, num_classes={num_classes}), got values in [{low}, {high}]"
             )
+    return smoothed_one_hot(targets, num_classes, smoothing, mark_invalid=not on_cpu)
+
+
+def smoothed_one_hot(targets: Tensor, num_classes: int, smoothing: float, *, mark_invalid: bool) -> Tensor:
+    """float32 (B, C) smoothed one-hot rows of class indices (B,), without a host sync.
+
+    A comparison against ``arange``, not ``scatter`` or ``one_hot``: elementwise, so it never waits
+    for the device. With ``mark_invalid`` a row whose index lies outside [0, C) (it matches no
+    column) becomes NaN: a device-side check that, unlike ``torch._assert_async``, leaves the CUDA
+    context usable and shows up in the loss of the very step.
+    """
     off = smoothing / num_classes
-    # A comparison against arange, not scatter or one_hot: elementwise, so it never syncs on CUDA.
     hot = targets[:, None] == torch.arange(num_classes, device=targets.device)
-    return hot.to(torch.float32) * (1.0 - smoothing) + off
+    rows = torch.where(hot, 1.0 - smoothing + off, off)  # one kernel; the scalars stay on the host
+    if mark_invalid:
+        rows.masked_fill_(hot.any(1, keepdim=True).logical_not_(), math.nan)
+    return rows
 
 
-def mix_soft_targets(soft: Tensor, lam: Tensor, partner: Tensor) -> Tensor:
-    """``lam * soft + (1 - lam) * soft[partner]`` row by row; lam (B,) float, partner (B,) int64."""
-    weight = (1.0 - lam).to(soft.dtype)[:, None]
+def mix_soft_targets(soft: Tensor, lam: float | Tensor, partner: Tensor, mirrored: bool) -> Tensor:
+    """``lam * soft + (1 - lam) * soft[partner]`` row by row.
+
+    Args:
+        soft: (B, C) soft targets.
+        lam: one weight for the batch (a float) or one per row, float32 (B,).
+        partner: int64 (B,) partner rows; ignored when ``mirrored`` (the partner of i is B - 1 - i).
+        mirrored: use ``soft.flip(0)`` as the partners' rows.
+    """
+    if not isinstance(lam, Tensor) and lam == 1.0:
+        return soft
+    other = soft.flip(0) if mirrored else soft.index_select(0, partner)
+    weight = 1.0 - lam if not isinstance(lam, Tensor) else (1.0 - lam).to(soft.dtype)[:, None]
     # lerp is exact at weight 0, so a sample that was not mixed keeps its own row bit for bit.
-    return torch.lerp(soft, soft.index_select(0, partner), weight)
+    return torch.lerp(soft, other, weight)
 
 
 # --- params --------------------------------------------------------------------------------------
@@ -151,7 +186,11 @@ def mix_soft_targets(soft: Tensor, lam: Tensor, partner: Tensor) -> Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class Params:
-    """Base of the params dataclasses: tensors (or None) only, so params can change device."""
+    """Base of the params dataclasses: tensors on the batch's device, or host numbers.
+
+    A value that is one per batch (a λ, a box) stays a Python number: the operator reads it on the
+    host without waiting for the device. ``to`` moves the tensors and keeps the numbers.
+    """
 
     def to(self, device: torch.device | str) -> Params:
         """Return a copy with every tensor field moved to ``device``."""
@@ -160,22 +199,9 @@ class Params:
 
 
 def _to(value: Any, device: torch.device | str) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, Params):
+    if isinstance(value, Tensor | Params):
         return value.to(device)
     return value
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    if a.type != b.type:
-        return False
-    if a.type != "cuda":
-        return True
-    current = torch.cuda.current_device()
-    index_a = current if a.index is None else a.index
-    index_b = current if b.index is None else b.index
-    return index_a == index_b
 
 
 # --- operator bases -------------------------------------------------------------------------------
@@ -185,65 +211,83 @@ class BatchOp(ABC):
     """Root of the batch operators: ``sample`` parameters, then ``apply`` them.
 
     Args:
-        seed: seeds one ``torch.Generator`` per device, created on first use, so the same seed gives
-            the same output. ``None`` draws from torch's default generator of the batch's device
-            (seed it with ``torch.manual_seed``). A ``generator`` passed to a call wins over both.
+        seed: seeds the operator's own CPU ``torch.Generator``, so the same seed gives the same
+            output on any device. ``None`` draws from torch's default CPU generator (seed it with
+            ``torch.manual_seed``). A CPU ``generator`` passed to a call wins over both.
+
+    Attributes:
+        enabled: when False a call returns the images unchanged and the (smoothed) soft targets.
+            ``mixup_enabled`` is the same switch under timm's name, so a timm-style loop that sets
+            ``mixup_enabled = False`` at its ``--mixup-off-epoch`` really stops mixing. Operators
+            run in the training process, so the flag reaches them (it is no worker's copy).
     """
 
     def __init__(self, *, seed: int | None = None) -> None:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         self.seed = seed
-        self._generators: dict[str, torch.Generator] = {}
+        self.enabled = True
+        self._generator = None if seed is None else torch.Generator().manual_seed(seed)
 
-    def generator_for(
-        self, device: torch.device, generator: torch.Generator | None = None
-    ) -> torch.Generator | None:
-        """The generator to draw from for a batch on ``device`` (see the class docstring)."""
-        if generator is not None:
-            if not isinstance(generator, torch.Generator):
-                raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-            if not _same_device(torch.device(generator.device), device):
-                raise ValueError(
-                    f"generator is on {generator.device} but the images are on {device}; "
-                    "random numbers are drawn on the batch's device"
-                )
-            return generator
-        if self.seed is None:
-            return None
-        key = str(device)
-        if key not in self._generators:
-            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generators[key]
+    @property
+    def mixup_enabled(self) -> bool:
+        """timm's name for ``enabled``."""
+        return self.enabled
+
+    @mixup_enabled.setter
+    def mixup_enabled(self, value: bool) -> None:
+        self.enabled = bool(value)
+
+    def generator_for(self, generator: torch.Generator | None = None) -> torch.Generator | None:
+        """The CPU generator to draw from: ``generator`` if given, else the operator's own."""
+        generator = check_generator(generator)
+        return self._generator if generator is None else generator
 
     @abstractmethod
     def sample(self, images: Tensor, generator: torch.Generator | None = None) -> Any:
-        """Draw the parameters for ``images`` as tensors on its device."""
+        """Draw the parameters for ``images`` (on the host; per-sample tensors on its device)."""
 
     @abstractmethod
     def apply(self, images: Tensor, targets: Tensor, params: Any) -> tuple[Tensor, Tensor]:
         """Apply ``params`` to ``images`` and ``targets``; return (images, soft targets (B, C))."""
 
+    @abstractmethod
+    def passthrough(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """What a call returns when the operator is off: the images unchanged, soft targets."""
+
     def __call__(
         self, images: Tensor, targets: Tensor, *, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         """Sample parameters for this batch and apply them; see ``sample`` and ``apply``."""
+        if not self.enabled:
+            return self.passthrough(images, targets)
         return self.apply(images, targets, self.sample(images, generator))
+
+    def __repr__(self) -> str:
+        # The constructor's arguments, read back from the attributes of the same names, so that a
+        # saved config records alpha and p (and any change Fade made to them).
+        names = [name for name in inspect.signature(type(self).__init__).parameters if name != "self"]
+        arguments = [f"{name}={getattr(self, name)!r}" for name in names]
+        if not self.enabled:
+            arguments.append("enabled=False")
+        return f"{type(self).__name__}({', '.join(arguments)})"
 
 
 class Augmentation(BatchOp):
-    """Base of the single operators (Mixup, CutMix, Cutout, SaliencyMix).
+    """Base of the single operators (Mixup, CutMix, Cutout, SaliencyMix, RandomErasing).
 
-    Subclasses draw their parameters in ``_sample`` and move pixels in ``_apply_images``; targets
-    become soft targets here and are mixed by ``_mix_targets``.
+    Subclasses draw their parameters in ``_sample`` from a numpy generator seeded by the call's
+    torch generator, and move pixels in ``_apply_images``; targets become soft targets here and are
+    mixed by ``_mix_targets``.
 
     Args:
         p: probability of applying the operator. A sample that is not mixed gets λ = 1 (an empty box
-            for box operators), which is the identity, so no host-side branch depends on a random
-            number; p = 0 skips the work altogether.
+            for box operators), which is the identity; when the whole batch is not mixed (decided on
+            the host) no pixel is touched. p = 0 skips the work altogether.
         num_classes: number of classes; required when targets are class indices.
         label_smoothing: s in [0, 1); see ``soft_targets``.
-        inplace: write into ``images`` instead of returning a new tensor.
+        inplace: write into ``images`` instead of returning a new tensor. Out of place, a call that
+            changes no pixel may return ``images`` itself.
         seed: see ``BatchOp``.
     """
 
@@ -268,17 +312,17 @@ class Augmentation(BatchOp):
         self.inplace = inplace
 
     def sample(self, images: Tensor, generator: torch.Generator | None = None) -> Params:
-        """Draw this batch's parameters as tensors on the images' device.
+        """Draw this batch's parameters on the host; per-sample ones land on the images' device.
 
         Args:
             images: float tensor (N, C, H, W).
-            generator: optional ``torch.Generator`` on the images' device.
+            generator: optional CPU ``torch.Generator``.
 
         Returns:
             The operator's params dataclass.
         """
         check_images(images)
-        return self._sample(images, self.generator_for(images.device, generator))
+        return self._sample(images, host_rng(self.generator_for(generator)))
 
     def apply(self, images: Tensor, targets: Tensor, params: Params) -> tuple[Tensor, Tensor]:
         """Apply ``params`` (from ``sample``) to a batch.
@@ -289,10 +333,14 @@ class Augmentation(BatchOp):
             params: the params object ``sample`` returned for a batch of this shape.
 
         Returns:
-            ``(images, soft_targets)``, soft targets of shape (N, C).
+            ``(images, soft_targets)``: images in the input's memory format, soft targets (N, C).
         """
         soft = self._soft_targets(images, targets)
         return self._apply_images(images, params), self._mix_targets(soft, params)
+
+    def passthrough(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The images unchanged and their soft targets: what a call returns when disabled."""
+        return check_images(images), self._soft_targets(images, targets)
 
     def __call__(
         self, images: Tensor, targets: Tensor, *, generator: torch.Generator | None = None
@@ -302,13 +350,14 @@ class Augmentation(BatchOp):
         Args:
             images: float tensor (N, C, H, W) on any device.
             targets: int class indices (N,) or float soft targets (N, C) on the same device.
-            generator: optional ``torch.Generator`` on the images' device.
+            generator: optional CPU ``torch.Generator`` (e.g. the training loop's, whose state a
+                checkpoint saves).
 
         Returns:
             ``(images, soft_targets)``, soft targets of shape (N, C).
         """
         if self.p == 0.0:
-            return check_images(images), self._soft_targets(images, targets)
+            return self.passthrough(images, targets)
         return super().__call__(images, targets, generator=generator)
 
     def _soft_targets(self, images: Tensor, targets: Tensor) -> Tensor:
@@ -320,12 +369,8 @@ class Augmentation(BatchOp):
             raise ValueError(f"targets are on {soft.device} but images are on {images.device}")
         return soft
 
-    def _applied(self, n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
-        """Bernoulli(p) flags (n,) on the device: which samples (or the batch, n = 1) get mixed."""
-        return torch.rand(n, generator=generator, device=device) < self.p
-
     @abstractmethod
-    def _sample(self, images: Tensor, generator: torch.Generator | None) -> Params: ...
+    def _sample(self, images: Tensor, rng: np.random.Generator) -> Params: ...
 
     @abstractmethod
     def _apply_images(self, images: Tensor, params: Params) -> Tensor: ...
@@ -348,15 +393,18 @@ class ChoiceParams(Params):
 class RandomChoice(BatchOp):
     """Apply one operator picked at random per batch, e.g. Mixup or CutMix as in timm's switch_prob.
 
-    The pick is one per batch, drawn on the host (from a CPU generator) so that choosing which
-    kernels to launch never waits for the device; the chosen operator then draws its own parameters
-    on the batch's device. A per-sample choice would need every operator run on every batch.
+    The pick is one per batch, drawn on the host, so that choosing which kernels to launch never
+    waits for the device. A per-sample choice would need every operator run on every batch.
 
     Args:
         ops: the operators to choose from (any ``BatchOp``, including another ``RandomChoice``).
         p: their probabilities (non-negative, summing to 1); ``None`` picks uniformly.
-        seed: seeds the CPU generator of the pick. A CPU ``generator`` passed to a call is used for
-            the pick too; any call ``generator`` is handed on to the chosen operator.
+        seed: seeds the CPU generator of the pick. A ``generator`` passed to a call is used for the
+            pick and then handed to the chosen operator; without one, each operator draws from its
+            own generator (its seed, or torch's default CPU generator).
+
+    When disabled (``enabled``/``mixup_enabled`` False) a call returns the images unchanged and
+    the soft targets of the first operator.
 
     Example:
         >>> from dalaug.ops import CutMix, Mixup, RandomChoice
@@ -384,24 +432,28 @@ class RandomChoice(BatchOp):
         if not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
             raise ValueError(f"p must sum to 1, got {sum(weights)}")
         self.p = weights
-        self._weights = torch.tensor(weights, dtype=torch.float64)
+        self._cumulative = np.cumsum(weights)
 
     def sample(self, images: Tensor, generator: torch.Generator | None = None) -> ChoiceParams:
         """Pick an operator (on the host) and draw its parameters.
 
         Args:
             images: float tensor (N, C, H, W).
-            generator: optional ``torch.Generator`` on the images' device, handed to the chosen op.
+            generator: optional CPU ``torch.Generator``, used for the pick and by the chosen op.
 
         Returns:
             ``ChoiceParams(index, params)``.
         """
         check_images(images)
-        on_cpu = generator is not None and torch.device(generator.device).type == "cpu"
-        picker = self.generator_for(torch.device("cpu"), generator if on_cpu else None)
-        index = int(torch.multinomial(self._weights, 1, generator=picker))
+        uniform = host_rng(self.generator_for(generator)).random()
+        # searchsorted on the cumulative weights; min() guards against their sum rounding below 1.
+        index = min(int(np.searchsorted(self._cumulative, uniform, side="right")), len(self.ops) - 1)
         return ChoiceParams(index, self.ops[index].sample(images, generator))
 
     def apply(self, images: Tensor, targets: Tensor, params: ChoiceParams) -> tuple[Tensor, Tensor]:
         """Apply the picked operator with its params; returns (images, soft targets (N, C))."""
         return self.ops[params.index].apply(images, targets, params.params)
+
+    def passthrough(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The images unchanged and the first operator's soft targets."""
+        return self.ops[0].passthrough(images, targets)

@@ -1,116 +1,117 @@
-"""Box geometry shared by CutMix, SaliencyMix and Cutout, as batched integer tensors.
+"""Box geometry shared by CutMix, SaliencyMix, Cutout and RandomErasing, and the two ways to paste.
 
-A box is a row ``(top, bottom, left, right)`` of int64 pixel indices, bottom and right exclusive,
-already clipped to the image. Boxes are built and turned into masks with broadcast comparisons
-against ``arange`` so that nothing here waits for the device.
+A box is a row ``(top, bottom, left, right)`` of integer pixel indices, bottom and right exclusive,
+already clipped to the image. Boxes drawn on the host are numpy arrays (or, one per batch, a tuple
+of ints); SaliencyMix centres its boxes on the device, so the geometry works on torch tensors too.
+A host box is pasted by slicing, so only the patch is read and written; per-sample boxes become one
+broadcast mask and one ``where`` over the batch, without reading anything back on the host.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
 
-from dalaug.ops.pairing import mix_with_mirror_, take_partner
+from dalaug.ops.pairing import partner_images
+
+# One box for a whole batch, on the host: (top, bottom, left, right).
+HostBox = tuple[int, int, int, int]
 
 
-def cut_sizes(lam: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
-    """Side lengths ``floor(sqrt(1 - λ) * H)`` and ``floor(sqrt(1 - λ) * W)`` as int64 tensors.
+def cut_sizes(lam: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Side lengths ``floor(sqrt(1 - λ) * H)`` and ``floor(sqrt(1 - λ) * W)`` as int64 arrays.
 
     This is CutMix's box: its area is 1 - λ of the image before clipping (Yun et al. 2019).
     """
-    ratio = (1.0 - lam).clamp(0.0, 1.0).sqrt()
-    return (ratio * height).floor().long(), (ratio * width).floor().long()
+    ratio = np.sqrt(np.clip(1.0 - lam, 0.0, 1.0))
+    return np.floor(ratio * height).astype(np.int64), np.floor(ratio * width).astype(np.int64)
 
 
-def boxes_around(
-    centre_y: Tensor, centre_x: Tensor, box_h: Tensor, box_w: Tensor, height: int, width: int
-) -> Tensor:
+def boxes_around(centre_y: Any, centre_x: Any, box_h: Any, box_w: Any, height: int, width: int) -> Any:
     """Boxes of the given sides centred on the given pixels, clipped to an H x W image.
 
+    Works on numpy arrays (host) and torch tensors (device) alike.
+
     Args:
-        centre_y, centre_x: int64 tensors of any (same) shape S: the centre pixels.
-        box_h, box_w: int64 side lengths, broadcastable to S; 0 gives an empty box.
+        centre_y, centre_x: integer arrays of any (same) shape S: the centre pixels.
+        box_h, box_w: integer side lengths, broadcastable to S; 0 gives an empty box.
         height, width: the image size.
 
     Returns:
-        int64 tensor S + (4,) of rows (top, bottom, left, right), bottom/right exclusive.
-        A box of side >= 1 always contains its centre.
+        Integer array S + (4,) of rows (top, bottom, left, right), bottom/right exclusive, of the
+        same kind as ``centre_y``. A box of side >= 1 always contains its centre.
 
     Example:
-        >>> four = torch.tensor([4])
-        >>> boxes_around(torch.tensor([0]), torch.tensor([5]), four, four, 8, 8)
-        tensor([[0, 2, 3, 7]])
+        >>> boxes_around(np.array([0]), np.array([5]), 4, 4, 8, 8)
+        array([[0, 2, 3, 7]])
     """
+    xp = torch if isinstance(centre_y, Tensor) else np
     top = centre_y - box_h // 2
     left = centre_x - box_w // 2
-    return torch.stack(
-        [
-            top.clamp(0, height),
-            (top + box_h).clamp(0, height),
-            left.clamp(0, width),
-            (left + box_w).clamp(0, width),
-        ],
-        dim=-1,
-    )
+    edges = [
+        xp.clip(top, 0, height),
+        xp.clip(top + box_h, 0, height),
+        xp.clip(left, 0, width),
+        xp.clip(left + box_w, 0, width),
+    ]
+    return xp.stack(edges, -1)
 
 
-def box_mask(boxes: Tensor, height: int, width: int) -> Tensor:
-    """Boolean masks S + (H, W), True inside each box of ``boxes`` (S + (4,))."""
-    rows = torch.arange(height, device=boxes.device)
-    cols = torch.arange(width, device=boxes.device)
-    top, bottom, left, right = (edge[..., None] for edge in boxes.unbind(-1))
-    in_rows = (rows >= top) & (rows < bottom)
-    in_cols = (cols >= left) & (cols < right)
-    return in_rows[..., :, None] & in_cols[..., None, :]
-
-
-def kept_fraction(boxes: Tensor, height: int, width: int) -> Tensor:
+def kept_fraction(boxes: Any, height: int, width: int) -> Any:
     """float32 share of an H x W image outside each box: CutMix's λ after clipping.
 
-    timm calls this ``correct_lam``: λ is the area actually kept, not the one drawn.
+    timm calls this ``correct_lam``: λ is the area actually kept, not the one drawn. One correctly
+    rounded division of two exact integers, on the host or the device alike.
     """
     area = (boxes[..., 1] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 2])
     total = height * width
-    # One correctly rounded division of two exact integers, so tests can reproduce λ bit for bit.
-    return (total - area).to(torch.float32) / total
+    if isinstance(boxes, Tensor):
+        return (total - area).to(torch.float32) / total
+    return (total - area).astype(np.float32) / np.float32(total)
 
 
-def paste_boxes(
-    images: Tensor, partner: Tensor, boxes: Tensor, *, inplace: bool, mirrored: bool = False
-) -> Tensor:
-    """Copy each partner image's box region onto the image: the pixel move of CutMix.
+def box_mask(boxes: Tensor, height: int, width: int) -> Tensor:
+    """Boolean masks S + (H, W), True inside each box of ``boxes`` (S + (4,)), by broadcasting."""
+    rows = torch.arange(height, device=boxes.device)
+    cols = rows if width == height else torch.arange(width, device=boxes.device)
+    top, bottom, left, right = boxes[..., None].unbind(-2)
+    # torch.bitwise_and, not `&`: the operator form costs a second dispatch per call.
+    in_rows = torch.bitwise_and(rows >= top, rows < bottom)
+    in_cols = torch.bitwise_and(cols >= left, cols < right)
+    return torch.bitwise_and(in_rows[..., :, None], in_cols[..., None, :])
+
+
+def paste_box(images: Tensor, box: HostBox, partner: Tensor, mirrored: bool, *, inplace: bool) -> Tensor:
+    """CutMix's pixel move for one host box shared by the batch: copy only the patch.
 
     Args:
         images: (N, C, H, W).
+        box: (top, bottom, left, right) as ints.
         partner: int64 (N,): sample i receives the patch of image ``partner[i]``.
-        boxes: int64 (1, 4), one box for the whole batch, or (N, 4), one per sample.
+        mirrored: ``partner`` is the mirror pairing i <-> N - 1 - i.
         inplace: write into ``images``.
-        mirrored: ``partner`` is the mirror pairing i <-> N - 1 - i, so one shared box can be
-            pasted by swapping the patches of the two batch halves.
 
     Returns:
-        The mixed batch (``images`` itself when ``inplace``).
+        The mixed batch (``images`` itself when ``inplace``, or when the box is empty).
     """
-    height, width = images.shape[-2:]
-    if boxes.shape[0] == 1 and boxes.device.type == "cpu":
-        # One box on the host: slice it, so only the patch is read and written. On CUDA the box
-        # would have to come back to the host (a sync), so CUDA takes the mask path below.
-        top, bottom, left, right = boxes[0].tolist()
-        out = images if inplace else images.clone()
-        patch = out[:, :, top:bottom, left:right]
-        if mirrored:
-            mix_with_mirror_(patch, take_partner)
-        else:
-            patch.copy_(patch.index_select(0, partner))
-        return out
-    mask = box_mask(boxes, height, width)[:, None].expand(images.shape[0], 1, height, width)
-    if mirrored:
+    top, bottom, left, right = box
+    if top == bottom or left == right:
+        return images
+    out = images if inplace else images.clone()
+    patch = out[:, :, top:bottom, left:right]
+    patch.copy_(partner_images(patch, partner, mirrored))
+    return out
 
-        def select(own: Tensor, other: Tensor, index: Tensor, out: Tensor | None) -> Tensor:
-            return torch.where(mask.index_select(0, index), other, own, out=out)
 
-        return mix_with_mirror_(images if inplace else images.clone(), select)
-    donors = images.index_select(0, partner)
-    if inplace:
-        return torch.where(mask, donors, images, out=images)
-    return torch.where(mask, donors, images)
+def paste_masked(images: Tensor, mask: Tensor, partner: Tensor, mirrored: bool, *, inplace: bool) -> Tensor:
+    """Take each sample's partner pixels where ``mask`` (N or 1, 1, H, W) is True: one ``where``.
+
+    Returns:
+        The mixed batch in the input's memory format (``images`` itself when ``inplace``).
+    """
+    donors = partner_images(images, partner, mirrored)
+    out = images if inplace else donors  # donors is a fresh batch: blend into it
+    return torch.where(mask, donors, images, out=out)

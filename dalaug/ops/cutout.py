@@ -4,6 +4,10 @@ DeVries & Taylor, "Improved Regularization of Convolutional Neural Networks with
 Each hole's centre is uniform over the image and the hole is clipped at the borders, as in the
 paper, so a hole near an edge erases less than its nominal size. Labels are not changed; they only
 become soft targets so that Cutout composes with the mixing operators.
+
+The holes are drawn on the host (see ``dalaug.ops.sampling``), reach the device in one copy and are
+erased through one broadcast mask, so a call is a handful of kernels whatever the batch size and
+never waits for the device. Noise fill is drawn on the device from a generator seeded on the host.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from dalaug.ops.base import Augmentation, Params, check_count, check_range, check_real
 from dalaug.ops.boxes import box_mask, boxes_around
+from dalaug.ops.sampling import to_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,9 +30,9 @@ class CutoutParams(Params):
     """Cutout's parameters for one batch of N images.
 
     Attributes:
-        holes: int64 (N, num_holes, 4) rows (top, bottom, left, right), bottom/right exclusive,
-            clipped; empty where the sample was not erased.
-        noise: the fill values (N, C, H, W) in the image dtype when ``fill="noise"``, else None.
+        holes: int64 (N, num_holes, 4) on the batch's device, rows (top, bottom, left, right),
+            bottom/right exclusive, clipped; empty where the sample was not erased.
+        noise: the fill values (N, C, H, W) in the image dtype when the fill is noise, else None.
     """
 
     holes: Tensor
@@ -50,7 +56,7 @@ class Cutout(Augmentation):
         num_classes: number of classes; required when targets are class indices.
         label_smoothing: s in [0, 1) for the soft targets.
         inplace: erase in ``images`` instead of returning a new tensor.
-        seed: seeds the operator's generators (see ``BatchOp``).
+        seed: seeds the operator's CPU generator (see ``BatchOp``).
 
     ``sample`` returns ``CutoutParams``.
 
@@ -104,75 +110,58 @@ class Cutout(Augmentation):
         else:
             self.fill = check_real("fill", fill)
 
-    def _sample(self, images: Tensor, generator: torch.Generator | None) -> CutoutParams:
+    def _sample(self, images: Tensor, rng: np.random.Generator) -> CutoutParams:
         batch, _, height, width = images.shape
-        device = images.device
         shape = (batch, self.num_holes)
         if self.size is not None:
             if self.size[0] > height or self.size[1] > width:
                 raise ValueError(f"size {self.size} is larger than the images ({height}, {width})")
-            box_h = torch.full(shape, self.size[0], device=device)
-            box_w = torch.full(shape, self.size[1], device=device)
+            box_h, box_w = np.full(shape, self.size[0]), np.full(shape, self.size[1])
         else:
-            low, high = self.scale
-            area = torch.empty(shape, device=device).uniform_(low, high, generator=generator)
-            area = area * (height * width)
-            log_ratio = torch.empty(shape, device=device).uniform_(
-                math.log(self.ratio[0]), math.log(self.ratio[1]), generator=generator
-            )
-            ratio = log_ratio.exp()
+            area = rng.uniform(*self.scale, shape) * (height * width)
+            ratio = np.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), shape))
             # At least one pixel, so a hole never vanishes on a small image; at most the image.
-            box_h = (area * ratio).sqrt().round().long().clamp(1, height)
-            box_w = (area / ratio).sqrt().round().long().clamp(1, width)
-        applied = self._applied(batch, device, generator)[:, None]
-        centre_y = torch.randint(0, height, shape, generator=generator, device=device)
-        centre_x = torch.randint(0, width, shape, generator=generator, device=device)
+            box_h = np.clip(np.round(np.sqrt(area * ratio)), 1, height).astype(np.int64)
+            box_w = np.clip(np.round(np.sqrt(area / ratio)), 1, width).astype(np.int64)
+        applied = (rng.random(batch) < self.p)[:, None]
+        centre_y, centre_x = rng.integers(0, height, shape), rng.integers(0, width, shape)
         holes = boxes_around(centre_y, centre_x, box_h * applied, box_w * applied, height, width)
-        noise = None
-        if self.fill == "noise":
-            noise = torch.randn(images.shape, generator=generator, device=device, dtype=images.dtype)
-        return CutoutParams(holes, noise)
+        noise = draw_noise(images, rng) if self.fill == "noise" else None
+        return CutoutParams(to_device([holes], images.device)[0], noise)
 
     def _apply_images(self, images: Tensor, params: CutoutParams) -> Tensor:
         fill = self.fill if params.noise is None else params.noise
-        if images.device.type == "cpu":
-            return erase_sliced(images, params.holes, fill, inplace=self.inplace)
-        return erase_masked(images, params.holes, fill, inplace=self.inplace)
+        return erase(images, params.holes, fill, inplace=self.inplace)
 
 
-def erase_sliced(images: Tensor, holes: Tensor, fill: float | Tensor, *, inplace: bool) -> Tensor:
-    """Fill each hole by slicing, one hole at a time: the CPU path.
+def draw_noise(images: Tensor, rng: np.random.Generator) -> Tensor:
+    """Standard normal values shaped like ``images`` (its dtype), on its device.
 
-    On the CPU the holes are already on the host, and writing only the hole pixels beats any
-    full-batch masked pass (the loop costs microseconds per hole). On CUDA reading the holes
-    back would wait for the device, hence ``erase_masked`` there.
+    Drawn on the device, from a device generator seeded by one host draw: a batch of noise is
+    too large to ship, and the seed keeps it reproducible from the operator's CPU generator.
+    """
+    generator = torch.Generator(device=images.device)
+    generator.manual_seed(int(rng.integers(0, 2**63 - 1)))
+    # Drawn in NCHW order whatever the images' memory format, so the values do not depend on it.
+    return torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+
+
+def erase(images: Tensor, holes: Tensor, fill: float | Tensor, *, inplace: bool) -> Tensor:
+    """Fill each hole through one broadcast mask, without reading the holes on the host.
 
     Args:
         images: (N, C, H, W).
-        holes: int64 (N, K, 4) rows (top, bottom, left, right).
+        holes: int64 (N, K, 4) rows (top, bottom, left, right) on the images' device.
         fill: a number, or a tensor shaped like ``images`` to copy the hole pixels from.
         inplace: write into ``images``.
 
     Returns:
-        The erased batch (``images`` itself when ``inplace``).
+        The erased batch in the input's memory format (``images`` itself when ``inplace``).
     """
-    out = images if inplace else images.clone()
-    for index, sample_holes in enumerate(holes.tolist()):
-        for top, bottom, left, right in sample_holes:
-            region = (index, slice(None), slice(top, bottom), slice(left, right))
-            out[region] = fill if isinstance(fill, float) else fill[region]
-    return out
-
-
-def erase_masked(images: Tensor, holes: Tensor, fill: float | Tensor, *, inplace: bool) -> Tensor:
-    """Fill each hole through a broadcast mask, without reading the holes on the host.
-
-    Arguments and result as for ``erase_sliced``.
-    """
-    height, width = images.shape[-2:]
-    mask = box_mask(holes, height, width).any(dim=1, keepdim=True)
+    mask = box_mask(holes, *images.shape[-2:])  # (N, K, H, W): with one hole, already (N, 1, H, W)
+    if mask.shape[1] > 1:
+        mask = mask.any(dim=1, keepdim=True)
     if isinstance(fill, float):
-        return images.masked_fill_(mask, fill) if inplace else images.masked_fill(mask, fill)
-    if inplace:
-        return torch.where(mask, fill, images, out=images)
-    return torch.where(mask, fill, images)
+        # clone keeps the memory format; masked_fill out of place returns contiguous NCHW.
+        return (images if inplace else images.clone()).masked_fill_(mask, fill)
+    return torch.where(mask, fill, images, out=images if inplace else torch.empty_like(images))

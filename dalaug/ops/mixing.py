@@ -5,23 +5,33 @@
   Classifiers with Localizable Features", ICCV 2019.
 
 Both pair every sample with a partner from the same batch (its mirror, ``flip``, as in timm, or a
-random permutation) and draw λ ~ Beta(α, α) from the operator's generator, one per batch or one per
-sample. All parameters are tensors on the batch's device and nothing on CUDA waits for the device.
-On the CPU, where reading a parameter on the host is free, CutMix slices its single box to copy
-only the patch. The mirror pairing mixes blocks of pairs in place (see ``dalaug.ops.pairing``).
+random permutation) and draw λ ~ Beta(α, α) on the host, one per batch or one per sample (see
+``dalaug.ops.sampling``). One λ for the batch stays a Python float: Mixup is then one ``flip`` and
+one ``lerp`` over the batch (timm's two-kernel recipe), and CutMix with one box copies just the
+patch, on the CPU and on CUDA alike. Per-sample λ and boxes reach the device in one non-blocking
+copy and are applied with one ``lerp`` or one ``where`` over the batch. Nothing waits for the device.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from dalaug.ops.base import Augmentation, Params, check_positive, mix_soft_targets
-from dalaug.ops.boxes import boxes_around, cut_sizes, kept_fraction, paste_boxes
-from dalaug.ops.pairing import Partner, check_partner, mix_with_mirror_, sample_partner
-from dalaug.ops.sampling import sample_beta
+from dalaug.ops.boxes import (
+    HostBox,
+    box_mask,
+    boxes_around,
+    cut_sizes,
+    kept_fraction,
+    paste_box,
+    paste_masked,
+)
+from dalaug.ops.pairing import Partner, check_partner, draw_partner, partner_images, partner_tensor
+from dalaug.ops.sampling import to_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,15 +39,16 @@ class MixupParams(Params):
     """Mixup's parameters for one batch of N images.
 
     Attributes:
-        lam: float32 (N,), weight of each image's own pixels (1 where the sample was not mixed).
-        label_lam: float32 (N,), weight of each image's own label; ``lam`` unless ``label_alpha``.
-        partner: int64 (N,), the image each sample is mixed with.
-        mirrored: True when ``partner`` is the mirror pairing i <-> N - 1 - i ("flip"), which
-            lets the in-place path swap batch halves instead of copying the whole batch.
+        lam: weight of each image's own pixels: a float (one λ for the batch) or float32 (N,) on
+            the batch's device; 1 where the sample was not mixed.
+        label_lam: weight of each image's own label, of the same kind; ``lam`` unless ``label_alpha``.
+        partner: int64 (N,) on the batch's device, the image each sample is mixed with.
+        mirrored: True when ``partner`` is the mirror pairing i <-> N - 1 - i ("flip"), which is
+            applied as one ``flip`` of the batch instead of a gather.
     """
 
-    lam: Tensor
-    label_lam: Tensor
+    lam: float | Tensor
+    label_lam: float | Tensor
     partner: Tensor
     mirrored: bool = False
 
@@ -47,27 +58,29 @@ class BoxParams(Params):
     """CutMix's (and SaliencyMix's) parameters for one batch of N images.
 
     Attributes:
-        boxes: int64 (1, 4), one box for the whole batch, or (N, 4); rows (top, bottom, left,
-            right), bottom/right exclusive, clipped. Empty where the sample was not mixed.
-        lam: float32 (N,), the exact share of each image's pixels kept from itself.
-        partner: int64 (N,), the image each sample takes its patch from.
+        boxes: one box for the whole batch as ints on the host ``(top, bottom, left, right)``,
+            pasted by slicing; or int64 (1, 4) or (N, 4) on the batch's device, pasted through a
+            mask. Bottom/right exclusive, clipped; empty where the sample was not mixed.
+        lam: the exact share of each image's pixels kept from itself: a float with a host box,
+            else float32 (N,) on the batch's device.
+        partner: int64 (N,) on the batch's device, the image each sample takes its patch from.
         mirrored: True when ``partner`` is the mirror pairing i <-> N - 1 - i ("flip").
     """
 
-    boxes: Tensor
-    lam: Tensor
+    boxes: HostBox | Tensor
+    lam: float | Tensor
     partner: Tensor
     mirrored: bool = False
 
 
-def exact_weight(lam: Tensor, dtype: torch.dtype) -> Tensor:
+def exact_weight(lam: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     """Round λ to a multiple of the dtype's spacing in [0.5, 1), so λ and 1 - λ are exact in it.
 
     The pixels are blended in the image dtype (bf16 keeps 8 significant bits); rounding λ first
     means the labels carry exactly the weight the pixels got.
     """
     steps = 2.0 / torch.finfo(dtype).eps
-    return torch.round(lam * steps) / steps
+    return np.round(lam * steps) / steps
 
 
 class Mixup(Augmentation):
@@ -84,7 +97,7 @@ class Mixup(Augmentation):
         label_alpha: if set, the labels use their own λ' ~ Beta(label_alpha, label_alpha), drawn
             independently of the pixels' λ; otherwise the labels use λ.
         inplace: blend into ``images`` instead of returning a new tensor.
-        seed: seeds the operator's generators (see ``BatchOp``).
+        seed: seeds the operator's CPU generator (see ``BatchOp``).
 
     ``sample`` returns ``MixupParams``. λ is rounded so that it is exact in the image dtype.
 
@@ -122,38 +135,41 @@ class Mixup(Augmentation):
         self.per_sample = bool(per_sample)
         self.partner = check_partner(partner)
 
-    def _sample(self, images: Tensor, generator: torch.Generator | None) -> MixupParams:
-        batch, device = images.shape[0], images.device
+    def _sample(self, images: Tensor, rng: np.random.Generator) -> MixupParams:
+        batch = images.shape[0]
         n = batch if self.per_sample else 1
-        lam = sample_beta(self.alpha, self.alpha, n, device=device, generator=generator)
+        applied = rng.random(n) < self.p
+        lam = np.where(applied, exact_weight(rng.beta(self.alpha, self.alpha, n), images.dtype), 1.0)
         label_lam = lam
         if self.label_alpha is not None:
-            label_lam = sample_beta(self.label_alpha, self.label_alpha, n, device=device, generator=generator)
-        applied = self._applied(n, device, generator)
-        lam = exact_weight(torch.where(applied, lam, 1.0), images.dtype)
-        label_lam = lam if self.label_alpha is None else torch.where(applied, label_lam, 1.0)
-        partner = sample_partner(batch, self.partner, device, generator)
+            label_lam = np.where(applied, rng.beta(self.label_alpha, self.label_alpha, n), 1.0)
+        partner = draw_partner(batch, self.partner, rng)
         mirrored = self.partner == "flip"
-        return MixupParams(lam.expand(batch), label_lam.expand(batch), partner, mirrored)
+        if not self.per_sample:
+            partner_t = partner_tensor(partner, self.partner, images.device)
+            return MixupParams(float(lam[0]), float(label_lam[0]), partner_t, mirrored)
+        lam_t, label_t, partner_t = to_device(
+            [lam.astype(np.float32), label_lam.astype(np.float32), partner], images.device
+        )
+        return MixupParams(lam_t, label_t, partner_t, mirrored)
 
     def _apply_images(self, images: Tensor, params: MixupParams) -> Tensor:
-        # Every path computes lerp(x, x_partner, 1 - λ), which returns x exactly at weight 0 (so
-        # unmixed samples come back bit for bit) and rounds the same way in each path.
-        weight = (1.0 - params.lam).to(images.dtype).view(-1, 1, 1, 1)
-        if params.mirrored:
-
-            def blend(own: Tensor, other: Tensor, index: Tensor, out: Tensor | None) -> Tensor:
-                return torch.lerp(own, other, weight.index_select(0, index), out=out)
-
-            return mix_with_mirror_(images if self.inplace else images.clone(), blend)
-        donors = images.index_select(0, params.partner)
+        # Every path computes lerp(x, x_partner, 1 - λ), which returns x exactly at weight 0, so
+        # unmixed samples come back bit for bit. Two passes: the partners' copy, then the blend.
+        if isinstance(params.lam, Tensor):
+            weight: float | Tensor = (1.0 - params.lam).to(images.dtype).view(-1, 1, 1, 1)
+        elif params.lam == 1.0:
+            return images
+        else:
+            weight = 1.0 - params.lam
+        donors = partner_images(images, params.partner, params.mirrored)
         if self.inplace:
             return images.lerp_(donors, weight)
-        # Blend into the partner copy: one batch-sized allocation, not two.
+        # Blend into the partners' copy: one batch-sized allocation, not two.
         return torch.lerp(images, donors, weight, out=donors)
 
     def _mix_targets(self, soft: Tensor, params: MixupParams) -> Tensor:
-        return mix_soft_targets(soft, params.label_lam, params.partner)
+        return mix_soft_targets(soft, params.label_lam, params.partner, params.mirrored)
 
 
 class CutMix(Augmentation):
@@ -161,8 +177,9 @@ class CutMix(Augmentation):
 
     The box has sides ``floor(sqrt(1 - λ)·H)`` and ``floor(sqrt(1 - λ)·W)`` with λ ~ Beta(α, α), its
     centre is uniform over the image, and it is clipped at the borders; λ is then recomputed as the
-    exact fraction of pixels that stayed from the original image. Only the patch is copied when one
-    box serves the batch on the CPU; otherwise a broadcast mask selects the partner's pixels.
+    exact fraction of pixels that stayed from the original image. One box for the batch is a host
+    box, and only the patch is copied; per-sample boxes select the partner's pixels with one
+    broadcast mask.
 
     Args:
         alpha: λ ~ Beta(alpha, alpha); alpha > 0.
@@ -172,7 +189,7 @@ class CutMix(Augmentation):
         per_sample: one λ and one box per sample instead of one for the batch.
         partner: "flip" (sample i takes from N - 1 - i) or "permute" (a random permutation).
         inplace: paste into ``images`` instead of returning a new tensor.
-        seed: seeds the operator's generators (see ``BatchOp``).
+        seed: seeds the operator's CPU generator (see ``BatchOp``).
 
     ``sample`` returns ``BoxParams``.
 
@@ -208,33 +225,36 @@ class CutMix(Augmentation):
         self.per_sample = bool(per_sample)
         self.partner = check_partner(partner)
 
-    def _sample(self, images: Tensor, generator: torch.Generator | None) -> BoxParams:
-        batch, device = images.shape[0], images.device
-        height, width = images.shape[-2:]
-        n = batch if self.per_sample else 1
-        lam = sample_beta(self.alpha, self.alpha, n, device=device, generator=generator)
-        applied = self._applied(n, device, generator)
-        box_h, box_w = cut_sizes(lam, height, width)
-        box_h, box_w = box_h * applied, box_w * applied  # not applied: an empty box
-        partner = sample_partner(batch, self.partner, device, generator)
-        centre_y, centre_x = self._centres(images, partner, n, generator)
-        boxes = boxes_around(centre_y, centre_x, box_h, box_w, height, width)
-        lam = kept_fraction(boxes, height, width).expand(batch)
-        return BoxParams(boxes, lam, partner, self.partner == "flip")
+    def _draw_sizes(
+        self, images: Tensor, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Box sides (n,) each, 0 where not applied, and the partners (B,): host arrays."""
+        n = images.shape[0] if self.per_sample else 1
+        applied = rng.random(n) < self.p
+        box_h, box_w = cut_sizes(rng.beta(self.alpha, self.alpha, n), *images.shape[-2:])
+        return box_h * applied, box_w * applied, draw_partner(images.shape[0], self.partner, rng)
 
-    def _centres(
-        self, images: Tensor, partner: Tensor, n: int, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor]:
-        """Box centres (n,) each: uniform over the image, as in the CutMix paper."""
+    def _sample(self, images: Tensor, rng: np.random.Generator) -> BoxParams:
         height, width = images.shape[-2:]
-        centre_y = torch.randint(0, height, (n,), generator=generator, device=images.device)
-        centre_x = torch.randint(0, width, (n,), generator=generator, device=images.device)
-        return centre_y, centre_x
+        box_h, box_w, partner = self._draw_sizes(images, rng)
+        n = box_h.shape[0]
+        centre_y, centre_x = rng.integers(0, height, n), rng.integers(0, width, n)
+        boxes = boxes_around(centre_y, centre_x, box_h, box_w, height, width)
+        mirrored = self.partner == "flip"
+        if not self.per_sample:
+            partner_t = partner_tensor(partner, self.partner, images.device)
+            box = tuple(int(edge) for edge in boxes[0])
+            return BoxParams(box, float(kept_fraction(boxes[0], height, width)), partner_t, mirrored)
+        boxes_t, lam_t, partner_t = to_device(
+            [boxes, kept_fraction(boxes, height, width), partner], images.device
+        )
+        return BoxParams(boxes_t, lam_t, partner_t, mirrored)
 
     def _apply_images(self, images: Tensor, params: BoxParams) -> Tensor:
-        return paste_boxes(
-            images, params.partner, params.boxes, inplace=self.inplace, mirrored=params.mirrored
-        )
+        if isinstance(params.boxes, tuple):
+            return paste_box(images, params.boxes, params.partner, params.mirrored, inplace=self.inplace)
+        mask = box_mask(params.boxes, *images.shape[-2:])[:, None]
+        return paste_masked(images, mask, params.partner, params.mirrored, inplace=self.inplace)
 
     def _mix_targets(self, soft: Tensor, params: BoxParams) -> Tensor:
-        return mix_soft_targets(soft, params.lam, params.partner)
+        return mix_soft_targets(soft, params.lam, params.partner, params.mirrored)

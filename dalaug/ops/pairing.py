@@ -1,25 +1,20 @@
-"""Who mixes with whom: partner indices, and in-place mixing with the mirror image.
+"""Who mixes with whom: partner indices drawn on the host, and the partners' pixels on the device.
 
-The default pairing is the mirror, sample i with N - 1 - i (timm's ``x.flip(0)``). In place it
-needs no full-batch copy of the partners: the two halves of the batch are each other's partners,
-so half-size temporaries suffice. On the CPU that matters more than the bytes: every fresh
-allocation of a whole batch is page-faulted in again (about as costly as two passes over it).
-On CUDA the bytes moved are the same either way.
+The default pairing is the mirror, sample i with N - 1 - i (timm's ``x.flip(0)``): the partners'
+batch is one ``flip``, with no index to ship. "permute" draws a random permutation on the host.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
-Partner = Literal["flip", "permute"]
+from dalaug.ops.sampling import to_device
 
-# mix(own, other, index, out): the mixed block for samples `index` (K,), given their pixels `own`
-# and their partners' `other` (both (K, C, H, W)); written into `out` when given, else new.
-Mix = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
+Partner = Literal["flip", "permute"]
 
 
 def check_partner(partner: object) -> Partner:
@@ -29,36 +24,30 @@ def check_partner(partner: object) -> Partner:
     return partner  # type: ignore[return-value]
 
 
-def sample_partner(
-    batch: int, mode: Partner, device: torch.device, generator: torch.Generator | None
-) -> Tensor:
-    """Index (B,) of the image each sample is mixed with: its mirror, or a random permutation."""
+def draw_partner(batch: int, mode: Partner, rng: np.random.Generator) -> np.ndarray:
+    """int64 (B,) index of the image each sample is mixed with: its mirror, or a permutation."""
     if mode == "flip":
-        return torch.arange(batch - 1, -1, -1, device=device)
-    return torch.randperm(batch, generator=generator, device=device)
+        return np.arange(batch - 1, -1, -1, dtype=np.int64)
+    return rng.permutation(batch).astype(np.int64)
 
 
-def mix_with_mirror_(images: Tensor, mix: Mix) -> Tensor:
-    """In place, set ``images[i] = mix(images[i], images[N - 1 - i])`` for every i.
+def partner_tensor(partner: np.ndarray, mode: Partner, device: torch.device) -> Tensor:
+    """``partner`` on ``device``. On the CPU the host array is the tensor; elsewhere the mirror is
+    one ``arange`` on the device, which costs less host time than a copy."""
+    if mode == "flip" and device.type != "cpu":
+        return torch.arange(partner.shape[0] - 1, -1, -1, device=device)
+    return to_device([partner], device)[0]
 
-    The two halves of the batch are each other's partners, so half-size temporaries suffice. An
-    odd batch's middle sample is its own partner and is not touched.
 
-    Returns:
-        ``images``.
+def partner_images(images: Tensor, partner: Tensor, mirrored: bool) -> Tensor:
+    """A new batch holding each sample's partner, in the input's memory format.
+
+    Args:
+        images: (N, C, H, W), or any view of it such as a patch.
+        partner: int64 (N,) on the images' device: whose pixels each sample gets.
+        mirrored: ``partner`` is the mirror pairing i <-> N - 1 - i, which is one ``flip``.
     """
-    batch = images.shape[0]
-    half = batch // 2
-    reverse = torch.arange(half - 1, -1, -1, device=images.device)
-    first, second = images[:half], images[batch - half :]
-    mirrored = second.index_select(0, reverse)  # mirrored[i] is image N - 1 - i
-    # The second half's new pixels (in mirrored order) are computed before `first` changes.
-    new_mirrored = mix(mirrored, first, (batch - 1) - torch.arange(half, device=images.device), None)
-    mix(first, mirrored, torch.arange(half, device=images.device), first)
-    second.index_copy_(0, reverse, new_mirrored)
-    return images
-
-
-def take_partner(own: Tensor, other: Tensor, index: Tensor, out: Tensor | None) -> Tensor:
-    """A ``Mix`` that replaces each sample by its partner: ``mix_with_mirror_`` then swaps."""
-    return other.clone() if out is None else out.copy_(other)
+    if mirrored:
+        return images.flip(0)
+    # index_select alone returns contiguous NCHW; writing into empty_like keeps channels_last.
+    return torch.index_select(images, 0, partner, out=torch.empty_like(images))

@@ -11,18 +11,25 @@
 The official SaliencyMix code runs OpenCV's fine-grained saliency on one image of the batch and uses
 one box for the whole batch; ``SaliencyMix(per_sample=False)`` reproduces that recipe with the
 spectral-residual map, and the default computes a map and a box for every partner image at once.
+
+The saliency maps live on the device and so do their peaks: getting a peak to the host would wait
+for the device. So λ, the box sides and the partners are drawn on the host as in CutMix, while
+the boxes are built around the device-side peaks as device tensors, λ is recomputed from their
+clipped area on the device, and the patch is pasted through a broadcast mask and one ``where``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-from kornia.color import rgb_to_grayscale
-from kornia.filters import box_blur, gaussian_blur2d
+import torch.nn.functional as F
 from torch import Tensor
 
 from dalaug.ops.base import check_count, check_images
-from dalaug.ops.mixing import CutMix
-from dalaug.ops.pairing import Partner
+from dalaug.ops.boxes import boxes_around, kept_fraction
+from dalaug.ops.mixing import BoxParams, CutMix
+from dalaug.ops.pairing import Partner, partner_tensor
+from dalaug.ops.sampling import to_device
 
 SALIENCY_SIZE = 64
 
@@ -58,19 +65,36 @@ def spectral_residual_saliency(images: Tensor, size: int = SALIENCY_SIZE) -> Ten
     cols = bilinear_matrix(width, size, images.device, images.dtype)
     # Columns first: (N, C, H, W) @ (W, size) is the only product that reads the full batch.
     small = (rows @ (images @ cols.T)).float()
-    gray = rgb_to_grayscale(small) if images.shape[1] == 3 else small
+    if images.shape[1] == 3:  # ITU-R 601 luma, as OpenCV's and kornia's RGB-to-gray
+        small = 0.299 * small[:, 0:1] + 0.587 * small[:, 1:2] + 0.114 * small[:, 2:3]
+    gray = small
     gray = gray - gray.amin(dim=(-2, -1), keepdim=True)
     spectrum = torch.fft.fft2(gray)
     tiny = torch.finfo(torch.float32).tiny
     log_amplitude = spectrum.abs().clamp_min(tiny).log()
     # exp(residual + i·phase) = spectrum / |spectrum| · exp(log A - mean3x3(log A))
     #                         = spectrum · exp(-mean3x3(log A)).
-    residual = spectrum * torch.exp(-box_blur(log_amplitude, 3, border_type="reflect"))
+    mean = F.avg_pool2d(F.pad(log_amplitude, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+    residual = spectrum * torch.exp(-mean)
     magnitude = torch.fft.ifft2(residual).abs()
     # OpenCV blurs the magnitude and squares afterwards (the paper squares first); follow OpenCV.
-    saliency = gaussian_blur2d(magnitude, (5, 5), (8.0, 8.0), border_type="reflect").square()
+    saliency = gaussian_blur(magnitude, 5, 8.0).square()
     saliency = saliency / saliency.amax(dim=(-2, -1), keepdim=True).clamp_min(tiny)
     return saliency[:, 0]
+
+
+def gaussian_blur(images: Tensor, size: int, sigma: float) -> Tensor:
+    """Separable Gaussian blur of (N, 1, H, W) with reflected borders.
+
+    The kernel is built on the images' device from ``arange``: a kernel made on the host would be
+    copied from pageable memory, which waits for the device (kornia's blur does that).
+    """
+    offsets = torch.arange(size, device=images.device, dtype=images.dtype) - (size - 1) / 2
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    half = size // 2
+    padded = F.pad(images, (half, half, half, half), mode="reflect")
+    return F.conv2d(F.conv2d(padded, kernel.view(1, 1, size, 1)), kernel.view(1, 1, 1, size))
 
 
 def bilinear_matrix(size_in: int, size_out: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -162,13 +186,21 @@ class SaliencyMix(CutMix):
             seed=seed,
         )
 
-    def _centres(
-        self, images: Tensor, partner: Tensor, n: int, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor]:
-        """Saliency peaks (n,) each of the partner images (of sample 0's partner when n = 1)."""
-        if n == 1:
-            peaks = saliency_peaks(images.index_select(0, partner[:1]))
-        else:
+    def _sample(self, images: Tensor, rng: np.random.Generator) -> BoxParams:
+        batch, _, height, width = images.shape
+        box_h, box_w, partner = self._draw_sizes(images, rng)
+        mirrored = self.partner == "flip"
+        if self.per_sample:
+            partner_t, sides = to_device([partner, np.stack([box_h, box_w], 1)], images.device)
             # One map per image, then gathered by partner: each image's map is computed once.
-            peaks = saliency_peaks(images).index_select(0, partner)
-        return peaks[:, 0], peaks[:, 1]
+            peaks = saliency_peaks(images)
+            peaks = peaks.flip(0) if mirrored else peaks.index_select(0, partner_t)
+            box_h, box_w = sides[:, 0], sides[:, 1]
+        else:
+            partner_t = partner_tensor(partner, self.partner, images.device)
+            first = int(partner[0])  # the official recipe: the map of sample 0's partner
+            peaks = saliency_peaks(images[first : first + 1])
+            box_h, box_w = int(box_h[0]), int(box_w[0])
+        boxes = boxes_around(peaks[:, 0], peaks[:, 1], box_h, box_w, height, width)
+        lam = kept_fraction(boxes, height, width).expand(batch)
+        return BoxParams(boxes, lam, partner_t, mirrored)

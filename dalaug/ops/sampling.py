@@ -1,82 +1,89 @@
-"""Beta variates drawn from a caller's ``torch.Generator``, on any device, without host syncs.
+"""Random parameters drawn on the host from a CPU ``torch.Generator``, handed to the device in one copy.
 
-``torch.distributions.Beta`` and ``torch._standard_gamma`` take no generator, so seeding them means
-seeding the global RNG. Here a Gamma(a) variate is Marsaglia & Tsang's (2000) squeeze-rejection
-sampler, vectorised: every sample draws a fixed number of candidate rounds at once and keeps the
-first accepted one, so there is no data-dependent loop. A round is accepted with probability above
-0.95 (shape >= 1), so all rounds fail with probability below 1e-10.
+An operator decides which kernels to launch from numbers it holds on the host, so no call waits
+for the device (timm's ``_params_per_batch`` does the same with ``np.random``). torch has no
+generator-taking Beta sampler (``torch.distributions.Beta`` and ``torch._standard_gamma`` draw from
+the global RNG), so each call takes one 63-bit seed from the caller's torch generator and draws
+everything else from a numpy ``Generator`` (PCG64) seeded with it. The torch generator's state
+still decides every draw, so saving it in a checkpoint resumes the same sequence; numpy's Beta,
+permutations and integers are exact and vectorised, and cost no torch op each.
 
-Shapes below 1 use the boost Gamma(a) = Gamma(a + 1) * U^(1/a), in log space: for small a the
-product underflows float32, and Beta = G1 / (G1 + G2) becomes 0/0. In log space
-Beta = sigmoid(log G1 - log G2) stays accurate.
+Per-sample arrays (λ, boxes, permutations) reach a CUDA batch through one pinned staging buffer and
+one non-blocking copy; per-batch values stay Python numbers.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-_ROUNDS = 8
+# 8-byte alignment lets every array in the staging buffer be viewed as its own dtype on the device.
+_ALIGN = 8
 
 
-def log_gamma_variates(
-    shape: float, n: int, *, device: torch.device, generator: torch.Generator | None
-) -> Tensor:
-    """Logarithms of ``n`` Gamma(shape, 1) variates, float32 (n,) on ``device``.
-
-    Args:
-        shape: the Gamma shape parameter, > 0.
-        n: number of variates.
-        device: where to draw them.
-        generator: ``torch.Generator`` on ``device``, or None for torch's default one.
-
-    Returns:
-        float32 tensor (n,) of log-Gamma variates.
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> log_gamma_variates(2.0, 3, device=torch.device("cpu"), generator=g).shape
-        torch.Size([3])
-    """
-    # Marsaglia-Tsang on shape + 1 (always >= 1), then the boost back to `shape`.
-    d = shape + 1.0 - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    x = torch.randn(n, _ROUNDS, generator=generator, device=device)
-    u = torch.rand(n, _ROUNDS, generator=generator, device=device)
-    v = (1.0 + c * x) ** 3
-    log_v = torch.log(v.clamp_min(torch.finfo(v.dtype).tiny))
-    accept = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * log_v)
-    # argmax returns the first maximal index: the first accepted round (round 0 if none was).
-    first = accept.to(torch.uint8).argmax(dim=1, keepdim=True)
-    log_gamma = math.log(d) + log_v.gather(1, first).squeeze(1)
-    boost = torch.rand(n, generator=generator, device=device)
-    return log_gamma + torch.log(boost) / shape
+def check_generator(generator: object) -> torch.Generator | None:
+    """Return ``generator`` if it is None or a CPU ``torch.Generator``, else raise naming it."""
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if torch.device(generator.device).type != "cpu":
+        raise ValueError(
+            f"generator must be a CPU torch.Generator (parameters are drawn on the host), "
+            f"got one on {generator.device}"
+        )
+    return generator
 
 
-def sample_beta(
-    a: float, b: float, n: int, *, device: torch.device, generator: torch.Generator | None
-) -> Tensor:
-    """``n`` Beta(a, b) variates, float32 (n,) on ``device``, drawn from ``generator``.
-
-    Args:
-        a, b: the Beta parameters, > 0.
-        n: number of variates.
-        device: where to draw them.
-        generator: ``torch.Generator`` on ``device``, or None for torch's default one.
-
-    Returns:
-        float32 tensor (n,) with values in [0, 1]. Float32 cannot hold values within 6e-8 of 1, so
-        for small a, b a share of draws rounds to exactly 1 (Beta(0.1, 0.1): about 10%); near 0
-        the float32 grid is fine. Either way a weight that close to 1 mixes nothing visible.
+def host_rng(generator: torch.Generator | None) -> np.random.Generator:
+    """A numpy generator seeded by one draw from ``generator`` (None: torch's default CPU one).
 
     Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> lam = sample_beta(1.0, 1.0, 4, device=torch.device("cpu"), generator=g)
-        >>> bool(((lam >= 0) & (lam <= 1)).all())
+        >>> draw = lambda: host_rng(torch.Generator().manual_seed(0)).beta(1.0, 1.0)
+        >>> draw() == draw()
         True
     """
-    log_a = log_gamma_variates(a, n, device=device, generator=generator)
-    log_b = log_gamma_variates(b, n, device=device, generator=generator)
-    return torch.sigmoid(log_a - log_b)
+    seed = torch.empty((), dtype=torch.int64).random_(generator=generator)  # uniform in [0, 2**63)
+    return np.random.default_rng(seed.tolist())
+
+
+def to_device(arrays: Sequence[np.ndarray], device: torch.device) -> list[Tensor]:
+    """Move host arrays to ``device`` in one copy: pinned and non-blocking when it is CUDA.
+
+    The arrays are packed into one byte buffer; on the device each comes back as a view of the
+    copy, so the whole hand-over is one transfer and no kernel. On the CPU they are shared, not
+    copied.
+
+    Args:
+        arrays: numpy arrays of any numeric or bool dtype.
+        device: where the tensors should live.
+
+    Returns:
+        One tensor per array, same shape and dtype, on ``device``.
+
+    Example:
+        >>> lam, boxes = to_device([np.ones(2, np.float32), np.zeros((2, 4), np.int64)], torch.device("cpu"))
+        >>> lam.dtype, boxes.shape
+        (torch.float32, torch.Size([2, 4]))
+    """
+    tensors = [torch.from_numpy(np.ascontiguousarray(array)) for array in arrays]
+    if device.type == "cpu":
+        return tensors
+    offsets, total = [], 0
+    for tensor in tensors:
+        offsets.append(total)
+        total += -(-tensor.numel() * tensor.element_size() // _ALIGN) * _ALIGN
+    # A fresh buffer each call: the caching host allocator keeps it alive until the copy is done.
+    staging = torch.empty(total, dtype=torch.uint8, pin_memory=device.type == "cuda")
+    packed = staging.numpy()
+    for tensor, offset in zip(tensors, offsets, strict=True):
+        nbytes = tensor.numel() * tensor.element_size()
+        packed[offset : offset + nbytes] = tensor.numpy().reshape(-1).view(np.uint8)
+    moved = staging.to(device, non_blocking=True)
+    return [
+        moved[offset : offset + tensor.numel() * tensor.element_size()].view(tensor.dtype).view(tensor.shape)
+        for tensor, offset in zip(tensors, offsets, strict=True)
+    ]

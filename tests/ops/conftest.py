@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from dalaug.ops import Augmentation, CutMix, Cutout, Mixup, SaliencyMix
+from dalaug.ops import Augmentation, CutMix, Cutout, Mixup, RandomErasing, SaliencyMix
 
 NUM_CLASSES = 10
 SHAPE = (8, 3, 32, 32)
@@ -20,8 +20,10 @@ FACTORIES: dict[str, Callable[..., Augmentation]] = {
     ),
     "cutmix": lambda **kw: CutMix(alpha=1.0, num_classes=NUM_CLASSES, **kw),
     "cutmix_per_sample": lambda **kw: CutMix(alpha=1.0, num_classes=NUM_CLASSES, per_sample=True, **kw),
+    "cutmix_permute": lambda **kw: CutMix(alpha=1.0, num_classes=NUM_CLASSES, partner="permute", **kw),
     "cutout": lambda **kw: Cutout(size=12, num_holes=2, num_classes=NUM_CLASSES, **kw),
     "cutout_noise": lambda **kw: Cutout(scale=(0.05, 0.3), fill="noise", num_classes=NUM_CLASSES, **kw),
+    "erasing": lambda **kw: RandomErasing(**{"p": 1.0, **kw}, value="random", num_classes=NUM_CLASSES),
     "saliencymix": lambda **kw: SaliencyMix(alpha=1.0, num_classes=NUM_CLASSES, **kw),
     "saliencymix_official": lambda **kw: SaliencyMix(
         alpha=1.0, num_classes=NUM_CLASSES, per_sample=False, partner="permute", **kw

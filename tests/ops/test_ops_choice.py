@@ -57,3 +57,18 @@ def test_random_choice_with_a_cpu_generator_is_reproducible(make_batch):
 def test_random_choice_rejects_bad_arguments(ops, p, error, match):
     with pytest.raises(error, match=match):
         RandomChoice(ops, p)
+
+
+def test_a_passed_generator_drives_the_pick_and_never_the_global_rng(make_batch):
+    images, targets = make_batch()
+    choice = RandomChoice([Mixup(num_classes=10), CutMix(num_classes=10), Cutout(size=4, num_classes=10)])
+    global_state = torch.random.get_rng_state()
+    picks = []
+    for _ in range(2):
+        generator = torch.Generator().manual_seed(11)
+        picks.append([choice.sample(images, generator).index for _ in range(20)])
+        torch.manual_seed(len(picks))  # the global RNG has no say in the picks
+        global_state = torch.random.get_rng_state()
+        choice(images, targets, generator=generator)
+        assert torch.equal(torch.random.get_rng_state(), global_state)
+    assert picks[0] == picks[1] and len(set(picks[0])) > 1

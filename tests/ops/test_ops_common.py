@@ -1,4 +1,5 @@
-"""Invariants every operator keeps: soft targets, identity at p = 0, seeding, in-place, devices."""
+"""Invariants every operator keeps: soft targets, identity at p = 0, seeding, in-place, memory format,
+devices, host syncs, the on/off switch and the repr."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import importlib
 import pytest
 import torch
 
-from dalaug.ops import BoxParams, CutoutParams, Mixup, MixupParams, soft_targets
+from dalaug.ops import BoxParams, CutMix, CutoutParams, Mixup, MixupParams, RandomChoice, soft_targets
 
 
 def _support(targets: torch.Tensor, params) -> torch.Tensor:
@@ -58,7 +59,7 @@ def test_same_seed_same_output_and_different_seeds_differ(make_op, batch):
 def test_call_generator_gives_the_same_output_as_a_seeded_op(make_op, batch):
     images, targets = batch
     seeded = make_op(seed=5)(images.clone(), targets)
-    g = torch.Generator(device=images.device).manual_seed(5)
+    g = torch.Generator().manual_seed(5)  # a CPU generator, whatever the batch's device
     passed = make_op()(images.clone(), targets, generator=g)
     assert torch.equal(seeded[0], passed[0]) and torch.equal(seeded[1], passed[1])
 
@@ -84,7 +85,9 @@ def test_soft_targets_in_pass_through(make_op, batch, num_classes):
     torch.testing.assert_close(from_soft, from_int)
 
 
-@pytest.mark.parametrize("module", ["base", "boxes", "cutout", "mixing", "saliency", "sampling"])
+@pytest.mark.parametrize(
+    "module", ["base", "boxes", "cutout", "erasing", "mixing", "pairing", "saliency", "sampling"]
+)
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(f"dalaug.ops.{module}"))
     assert result.failed == 0
@@ -104,19 +107,48 @@ def test_cpu_and_cuda_apply_the_same_params_identically(make_op, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_ops_never_sync_with_the_host(make_op):
-    images, targets = _cpu_batch(torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_cuda_ops_never_sync_with_the_host(make_op, dtype, inplace):
+    images, targets = _cpu_batch(dtype)
     images, targets = images.cuda(), targets.cuda()
+    images = images.contiguous(memory_format=torch.channels_last)
     soft = soft_targets(targets, num_classes=10)
-    op = make_op(seed=0)
-    op(images, targets)  # first call creates the device generator and warms up kernels
+    op = make_op(seed=0, inplace=inplace)
+    generator = torch.Generator().manual_seed(0)
+    op(images.clone(), targets)  # warm up: kernels, the pinned-memory pool
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
+        op(images.clone(), targets)
+        op(images.clone(), soft, generator=generator)
+        op.apply(images.clone(), targets, op.sample(images))
+        op.enabled = False
         op(images, targets)
-        op(images, soft)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_seed_draws_the_same_parameters_on_cpu_and_cuda(make_op):
+    images, _ = _cpu_batch(torch.float32)
+    on_cpu = make_op(seed=4).sample(images)
+    on_cuda = make_op(seed=4).sample(images.cuda()).to("cpu")
+    for name, value in vars(on_cpu).items():
+        if name == "noise":  # drawn on the batch's device, from a host-drawn seed
+            continue
+        other = getattr(on_cuda, name)
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_generator_is_refused():
+    with pytest.raises(ValueError, match="generator must be a CPU torch.Generator"):
+        Mixup(num_classes=10)(
+            torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), generator=torch.Generator("cuda")
+        )
 
 
 def _cpu_batch(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,13 +156,67 @@ def _cpu_batch(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(8, 3, 32, 32, generator=g).to(dtype), torch.randint(0, 10, (8,), generator=g)
 
 
-def test_params_are_tensors_on_the_batch_device(make_op, batch):
+def test_params_are_host_numbers_or_tensors_on_the_batch_device(make_op, batch):
     images, _ = batch
     params = make_op(seed=0).sample(images)
     assert isinstance(params, MixupParams | BoxParams | CutoutParams)
     for value in vars(params).values():
         if isinstance(value, torch.Tensor):
             assert value.device == images.device
+        else:
+            assert value is None or isinstance(value, bool | float | tuple)
+
+
+def test_one_value_per_batch_stays_on_the_host(make_batch):
+    """Per-batch λ and boxes are Python numbers, so the operator launches without reading back."""
+    images, _ = make_batch()
+    mixup = Mixup(num_classes=10, seed=0).sample(images)
+    assert isinstance(mixup.lam, float) and isinstance(mixup.label_lam, float)
+    cutmix = CutMix(num_classes=10, seed=0).sample(images)
+    assert isinstance(cutmix.lam, float)
+    assert isinstance(cutmix.boxes, tuple) and all(isinstance(edge, int) for edge in cutmix.boxes)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_channels_last_in_channels_last_out(make_op, batch, inplace):
+    images, targets = batch
+    images = images.contiguous(memory_format=torch.channels_last)
+    expected, _ = make_op(seed=6)(images.contiguous(), targets)
+    out, _ = make_op(seed=6, inplace=inplace)(images.clone(memory_format=torch.channels_last), targets)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_disabled_op_returns_the_images_and_soft_targets(make_op, batch):
+    images, targets = batch
+    op = make_op(seed=0, label_smoothing=0.1)
+    op.enabled = False
+    out, soft = op(images.clone(), targets)
+    assert torch.equal(out, images)
+    assert torch.equal(soft, soft_targets(targets, 10, label_smoothing=0.1))
+
+
+def test_timm_style_loop_turns_mixing_off_through_mixup_enabled(make_batch):
+    """A loop shaped like timm's train.py: at its mixup-off epoch it sets ``mixup_enabled = False``."""
+    images, targets = make_batch()
+    mixup = RandomChoice([Mixup(num_classes=10), CutMix(num_classes=10)], seed=0)
+    mixup_off_epoch = 3
+    for epoch in range(5):
+        if epoch >= mixup_off_epoch and mixup.mixup_enabled:
+            mixup.mixup_enabled = False
+        mixed, soft = mixup(images.clone(), targets)
+        assert torch.equal(mixed, images) == (epoch >= mixup_off_epoch)
+        assert bool((soft.amax(1) == 1).all()) == (epoch >= mixup_off_epoch)
+    assert mixup.enabled is False and "enabled=False" in repr(mixup)
+
+
+def test_repr_shows_the_arguments():
+    mixup = Mixup(alpha=0.2, num_classes=1000, p=0.5, seed=3)
+    assert repr(mixup).startswith("Mixup(alpha=0.2, num_classes=1000, p=0.5, label_smoothing=0.0,")
+    assert "seed=3" in repr(mixup)
+    choice = RandomChoice([mixup, CutMix(alpha=1.0, num_classes=1000)], p=[0.5, 0.5])
+    assert repr(choice).startswith("RandomChoice(ops=[Mixup(alpha=0.2,")
+    assert "CutMix(alpha=1.0, num_classes=1000, p=1.0," in repr(choice) and "p=[0.5, 0.5]" in repr(choice)
 
 
 def test_mixup_p_half_leaves_unmixed_samples_untouched(make_batch):
