@@ -13,19 +13,35 @@ which DALI calls ``image_net``, is offered as ``AutoAugment("efficientnet")``.
 
 Geometric ops warp with nearest-neighbour sampling and fill with 0 by default, as torchvision does;
 nearest is also about 2x cheaper than bilinear for a DALI CPU warp (ANCHORS.md).
+
+timm's RandAugment (``"rand-m9-mstd0.5-inc1"``) is a different algorithm from torchvision's: its own
+15 ops (Invert and SolarizeAdd, no Identity), magnitudes on a 0-10 scale, each drawn op applied with
+probability 0.5, and optional Gaussian noise on the magnitude; :class:`TimmRandAugment` follows
+``timm/data/auto_augment.py``. :func:`resolve_policy` takes the names torchvision's reference scripts
+and timm's ``--aa`` pass.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+import re
 from dataclasses import dataclass
+from enum import Enum
 
+import numpy as np
 from nvidia.dali import fn, types
+from nvidia.dali import math as dali_math
 from nvidia.dali.auto_aug import augmentations as aug
 from nvidia.dali.auto_aug import auto_augment, rand_augment, trivial_augment
 from nvidia.dali.auto_aug.core import Policy as DaliPolicy
-from nvidia.dali.auto_aug.core import augmentation
+from nvidia.dali.auto_aug.core import augmentation, select, signed_bin
 
-INTERPOLATIONS = {"nearest": types.INTERP_NN, "bilinear": types.INTERP_LINEAR}
+from dalaug.geometry import resolve_interpolation
+
+# DALI's warp_affine and rotate, which move the pixels of shear/translate/rotate, sample only
+# nearest or bilinear ("Only nearest and linear interpolation is supported" for INTERP_CUBIC).
+WARP_INTERPOLATIONS = {types.INTERP_NN: "nearest", types.INTERP_LINEAR: "bilinear"}
 
 
 # DALI 2.4's own equalize and sharpness still call the deprecated fn.experimental aliases, which
@@ -43,22 +59,26 @@ def _sharpness(data, kernel):
 def _ops(wide: bool) -> dict:
     """torchvision's augmentation space as DALI augmentations; ``wide`` is TrivialAugmentWide's."""
     shear, rotate, enhance = (0.99, 135.0, 0.99) if wide else (0.3, 30.0, 0.9)
-    # torchvision translates by up to 150/331 of the side (32 px absolute in the wide space);
-    # DALI's translate ops take the fraction and the image shape.
-    translate = 32.0 / 224.0 if wide else 150.0 / 331.0
+    # torchvision translates by up to 150/331 of the side (a fraction: DALI's translate_x/_y with
+    # the image shape), or by up to 32 px whatever the size in the wide space (the _no_shape ops).
+    if wide:
+        translate_x = aug.translate_x_no_shape.augmentation((0, 32.0), True)
+        translate_y = aug.translate_y_no_shape.augmentation((0, 32.0), True)
+    else:
+        translate_x = aug.translate_x.augmentation((0, 150.0 / 331.0), True)
+        translate_y = aug.translate_y.augmentation((0, 150.0 / 331.0), True)
     poster_bits = (8, 2) if wide else (8, 4)
-    low = 0.01 if wide else 0.0
     return {
         "Identity": aug.identity,
         "ShearX": aug.shear_x.augmentation((0, shear), True),
         "ShearY": aug.shear_y.augmentation((0, shear), True),
-        "TranslateX": aug.translate_x.augmentation((0, translate), True),
-        "TranslateY": aug.translate_y.augmentation((0, translate), True),
+        "TranslateX": translate_x,
+        "TranslateY": translate_y,
         "Rotate": aug.rotate.augmentation((0, rotate), True),
-        "Brightness": aug.brightness.augmentation((low, enhance), True, aug.shift_enhance_range),
-        "Color": aug.color.augmentation((low, enhance), True, aug.shift_enhance_range),
-        "Contrast": aug.contrast.augmentation((low, enhance), True, aug.shift_enhance_range),
-        "Sharpness": _sharpness.augmentation((low, enhance), True, aug.sharpness_kernel),
+        "Brightness": aug.brightness.augmentation((0, enhance), True, aug.shift_enhance_range),
+        "Color": aug.color.augmentation((0, enhance), True, aug.shift_enhance_range),
+        "Contrast": aug.contrast.augmentation((0, enhance), True, aug.shift_enhance_range),
+        "Sharpness": _sharpness.augmentation((0, enhance), True, aug.sharpness_kernel),
         # Magnitude = bits kept, from 8 (identity) down, as torchvision's posterize bins.
         "Posterize": aug.posterize.augmentation(poster_bits, False, aug.poster_mask_uint8),
         # Pixels >= threshold are inverted; torchvision's thresholds run 255 -> 0.
@@ -171,14 +191,18 @@ AUTOAUGMENT_VARIANTS = (*AUTOAUGMENT_POLICIES, "efficientnet")
 class _DaliPolicyBase:
     """Shared fields: how geometric ops sample and fill, and the op-table lookup."""
 
-    interpolation: str = "nearest"
+    interpolation: str | Enum = "nearest"
     fill: int = 0
 
     def __post_init__(self) -> None:
-        if self.interpolation not in INTERPOLATIONS:
+        interp = resolve_interpolation(self.interpolation)
+        if interp not in WARP_INTERPOLATIONS:
             raise ValueError(
-                f"interpolation: expected one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}"
+                f"interpolation: DALI's warps (shear, translate, rotate) sample only "
+                f"{sorted(WARP_INTERPOLATIONS.values())}; got {self.interpolation!r}"
             )
+        # One spelling, so equal policies compare, hash and repr alike (InterpolationMode too).
+        object.__setattr__(self, "interpolation", WARP_INTERPOLATIONS[interp])
         if not (isinstance(self.fill, int) and 0 <= self.fill <= 255):
             raise ValueError(f"fill: expected an int in [0, 255], got {self.fill!r}")
 
@@ -187,8 +211,8 @@ class _DaliPolicyBase:
         # e.g. AutoAugment's sub-policy choice and its apply-probability draws become correlated
         # (the ImageNet policy then warps 12% of images instead of 17%). Left unset, each op gets
         # its own seed from the pipeline's, which keeps runs reproducible.
-        kwargs = {"fill_value": self.fill, "interp_type": INTERPOLATIONS[self.interpolation]}
-        if any(op.name.startswith("translate") for op in ops):
+        kwargs = {"fill_value": self.fill, "interp_type": resolve_interpolation(self.interpolation)}
+        if any("shape" in inspect.signature(op.op).parameters for op in ops):
             kwargs["shape"] = (crop, crop)  # images are crop x crop by the time a policy runs
         return kwargs
 
@@ -214,9 +238,7 @@ class AutoAugment(_DaliPolicyBase):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.variant not in AUTOAUGMENT_VARIANTS:
-            raise ValueError(
-                f"variant: expected one of {list(AUTOAUGMENT_VARIANTS)}, got {self.variant!r}"
-            )
+            raise ValueError(f"variant: expected one of {list(AUTOAUGMENT_VARIANTS)}, got {self.variant!r}")
 
     @property
     def policy(self) -> DaliPolicy:
@@ -254,9 +276,7 @@ class RandAugment(_DaliPolicyBase):
         if not (isinstance(self.n, int) and self.n >= 1):
             raise ValueError(f"n: expected an int >= 1, got {self.n!r}")
         if not (isinstance(self.m, int) and 0 <= self.m < self.num_magnitude_bins):
-            raise ValueError(
-                f"m: expected an int in [0, {self.num_magnitude_bins - 1}], got {self.m!r}"
-            )
+            raise ValueError(f"m: expected an int in [0, {self.num_magnitude_bins - 1}], got {self.m!r}")
 
     @property
     def ops(self) -> list:
@@ -293,21 +313,226 @@ class TrivialAugment(_DaliPolicyBase):
         )  # fmt: skip
 
 
-PolicyLike = AutoAugment | RandAugment | TrivialAugment
+# timm's RandAugment (timm/data/auto_augment.py). Its levels run 0-10 (`_LEVEL_DENOM`); each op maps
+# a level to its argument with timm's own formula (incl. its int() truncations). DALI looks the
+# argument up in a table over magnitude bins, so levels are kept at 1/100 resolution: bin = level *
+# 100. An integer `m` is then exact, and a noisy level (mstd) is rounded to 0.01.
+TIMM_MAX_LEVEL = 10
+TIMM_BINS_PER_LEVEL = 100
+TIMM_NUM_BINS = TIMM_MAX_LEVEL * TIMM_BINS_PER_LEVEL + 1
+
+
+def _timm_level(magnitude) -> float:
+    return float(magnitude) / TIMM_MAX_LEVEL  # the level as a fraction of the maximum
+
+
+def _timm_enhance(magnitude) -> np.ndarray:
+    return np.float32(_timm_level(magnitude) * 1.8 + 0.1)  # 0.1 (level 0) .. 1.9, unsigned
+
+
+def _timm_enhance_increasing(magnitude) -> np.ndarray:
+    return np.float32(max(0.1, 1.0 + _timm_level(magnitude) * 0.9))  # signed: 1 -/+ 0.9 * level
+
+
+def _timm_sharpness(factor_fn):
+    return lambda magnitude: aug.sharpness_kernel(factor_fn(magnitude) - 1.0)
+
+
+def _timm_posterize_mask(bits: int) -> np.ndarray:
+    # timm keeps `bits` high bits; 0 bits gives a black image, as PIL's posterize does.
+    return np.uint8(0xFF ^ ((1 << (8 - bits)) - 1))
+
+
+def _timm_ops(increasing: bool) -> dict:
+    """timm's `_RAND_TRANSFORMS` (or `_RAND_INCREASING_TRANSFORMS`) as DALI augmentations."""
+    level_range = (0, TIMM_MAX_LEVEL)
+
+    def timed(op, to_param, signed):
+        return op.augmentation(level_range, signed, to_param)
+
+    if increasing:
+        enhance, enhance_signed = _timm_enhance_increasing, True
+        posterize = lambda m: _timm_posterize_mask(4 - int(_timm_level(m) * 4))  # noqa: E731
+        solarize = lambda m: np.float32(256 - int(_timm_level(m) * 256))  # noqa: E731
+    else:
+        enhance, enhance_signed = _timm_enhance, False
+        posterize = lambda m: _timm_posterize_mask(int(_timm_level(m) * 4))  # noqa: E731
+        solarize = lambda m: np.float32(int(_timm_level(m) * 256))  # noqa: E731
+    return {
+        "AutoContrast": aug.auto_contrast,
+        "Equalize": _equalize,
+        "Invert": aug.invert,
+        "Rotate": timed(aug.rotate, lambda m: np.float32(_timm_level(m) * 30.0), True),
+        "Posterize": timed(aug.posterize, posterize, False),
+        # Pixels >= threshold are inverted, as PIL's solarize (timm's op).
+        "Solarize": timed(aug.solarize, solarize, False),
+        "SolarizeAdd": timed(aug.solarize_add, lambda m: np.uint8(int(_timm_level(m) * 110)), False),
+        "Color": timed(aug.color, enhance, enhance_signed),
+        "Contrast": timed(aug.contrast, enhance, enhance_signed),
+        "Brightness": timed(aug.brightness, enhance, enhance_signed),
+        "Sharpness": timed(_sharpness, _timm_sharpness(enhance), enhance_signed),
+        "ShearX": timed(aug.shear_x, lambda m: np.float32([_timm_level(m) * 0.3, 0]), True),
+        "ShearY": timed(aug.shear_y, lambda m: np.float32([0, _timm_level(m) * 0.3]), True),
+        # timm's TranslateXRel/YRel: up to 0.45 of the side (its default translate_pct).
+        "TranslateX": timed(aug.translate_x, lambda m: np.float32([_timm_level(m) * 0.45, 0]), True),
+        "TranslateY": timed(aug.translate_y, lambda m: np.float32([0, _timm_level(m) * 0.45]), True),
+    }
+
+
+@dataclass(frozen=True)
+class TimmRandAugment(_DaliPolicyBase):
+    """timm's RandAugment, as ``--aa rand-m9-mstd0.5-inc1`` builds it.
+
+    Per image, ``n`` ops are drawn uniformly (with replacement) from timm's 15; each is applied
+    with probability ``p`` at level ``m`` of 10, or, with ``mstd > 0``, at a level drawn per op
+    from N(m, mstd) (``mstd=inf``: uniform in [0, m]), clipped to [0, 10] as timm does.
+
+    Args:
+        n: ops per image (timm's ``n``, default 2).
+        m: level, 0-10 (timm's ``m``, default 10; timm clips larger values to 10).
+        mstd: standard deviation of the per-op level noise (timm's ``mstd``); ``inf`` for uniform.
+        increasing: timm's ``inc1`` op set, whose strength grows with the level.
+        p: probability of applying each drawn op (timm's ``p``, default 0.5).
+        interpolation: ``"bilinear"`` (default; timm draws bilinear or bicubic, DALI warps offer
+            no bicubic) or ``"nearest"``.
+        fill: value of pixels uncovered by a warp. timm fills with the mean colour (124, 116, 104
+            for ImageNet); DALI's warps take one value, so the default is timm's grey, 128.
+
+    Example:
+        >>> TimmRandAugment.from_string("rand-m9-mstd0.5-inc1").mstd
+        0.5
+    """
+
+    n: int = 2
+    m: int = TIMM_MAX_LEVEL
+    mstd: float = 0.0
+    increasing: bool = False
+    p: float = 0.5
+    interpolation: str | Enum = "bilinear"
+    fill: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.n, int) and self.n >= 1):
+            raise ValueError(f"n: expected an int >= 1, got {self.n!r}")
+        if not (isinstance(self.m, int) and self.m >= 0):
+            raise ValueError(f"m: expected an int >= 0, got {self.m!r}")
+        if not (isinstance(self.mstd, (int, float)) and self.mstd >= 0):
+            raise ValueError(f"mstd: expected a float >= 0 (or inf), got {self.mstd!r}")
+        if not (isinstance(self.p, (int, float)) and 0 < self.p <= 1):
+            raise ValueError(f"p: expected a probability in (0, 1], got {self.p!r}")
+
+    @classmethod
+    def from_string(cls, config: str, **kwargs) -> TimmRandAugment:
+        """Parse timm's ``rand-...`` string: sections ``m``, ``n``, ``mstd``, ``inc``, ``p``.
+
+        timm's ``mmax`` (levels above 10), ``w`` (weighted op choice) and ``t`` (other op sets)
+        are refused with a ValueError rather than ignored. timm reads ``inc0`` as on (it tests
+        ``bool("0")``); here ``inc0`` means off, as written.
+        """
+        sections = config.lower().split("-")
+        if sections[0] != "rand":
+            raise ValueError(f"policy: a timm RandAugment string starts with 'rand-', got {config!r}")
+        fields: dict = {}
+        for section in sections[1:]:
+            match = re.fullmatch(r"([a-z]+)(\d.*|inf)", section)
+            if match is None:
+                raise ValueError(f"policy: cannot read section {section!r} of {config!r}")
+            key, value = match.groups()
+            try:
+                if key in ("m", "n"):
+                    fields[key] = int(value)
+                elif key == "mstd":
+                    # timm: a std above 100 means uniform sampling in [0, m].
+                    fields["mstd"] = math.inf if float(value) > 100 else float(value)
+                elif key == "inc":
+                    fields["increasing"] = bool(int(value))
+                elif key == "p":
+                    fields["p"] = float(value)
+                else:
+                    raise ValueError(
+                        f"policy: timm's RandAugment section {section!r} of {config!r} is not "
+                        f"supported (supported: m, n, mstd, inc, p)"
+                    )
+            except ValueError as error:
+                if str(error).startswith("policy:"):
+                    raise
+                raise ValueError(f"policy: cannot read section {section!r} of {config!r}") from error
+        return cls(**fields, **kwargs)
+
+    @property
+    def ops(self) -> list:
+        return list(_timm_ops(self.increasing).values())
+
+    def _level_bin(self):
+        """This layer's magnitude bin: a constant, or a per-sample draw when ``mstd > 0``."""
+        m = min(self.m, TIMM_MAX_LEVEL)
+        if self.mstd == 0:
+            return m * TIMM_BINS_PER_LEVEL
+        if math.isinf(self.mstd):
+            level = fn.random.uniform(range=[0.0, float(m)])
+        else:
+            level = dali_math.clamp(
+                fn.random.normal(mean=float(m), stddev=float(self.mstd)), 0.0, float(TIMM_MAX_LEVEL)
+            )
+        # DALI casts float to int by rounding to nearest: the level to 0.01, at most bin 1000.
+        return fn.cast(level * TIMM_BINS_PER_LEVEL, dtype=types.INT32)
+
+    def apply(self, images, crop: int):
+        ops = [*self.ops, aug.identity]  # identity: the drawn op was skipped (probability 1 - p)
+        kwargs = self._kwargs(ops, crop)
+        skip_index = len(ops) - 1
+        for _ in range(self.n):
+            index = fn.random.uniform(values=list(range(skip_index)), dtype=types.INT32)
+            if self.p < 1:
+                applied = fn.random.coin_flip(probability=self.p, dtype=types.INT32)
+                index = index * applied + skip_index * (1 - applied)
+            images = select(
+                ops, index, images, magnitude_bin=signed_bin(self._level_bin()),
+                num_magnitude_bins=TIMM_NUM_BINS, **kwargs,
+            )  # fmt: skip
+        return images
+
+
+PolicyLike = AutoAugment | RandAugment | TrivialAugment | TimmRandAugment
+# Every spelling users type: dalaug's names, torchvision's reference scripts' --auto-augment.
 POLICY_NAMES = {
     "autoaugment": AutoAugment,
     "randaugment": RandAugment,
     "trivialaugment": TrivialAugment,
+    "ra": RandAugment,
+    "ta_wide": TrivialAugment,
+    **{variant: (lambda v=variant: AutoAugment(v)) for variant in AUTOAUGMENT_POLICIES},
 }
+UNSUPPORTED_POLICIES = ("augmix",)  # torchvision's "augmix" and timm's "augmix-m5-w4-d2"
+ACCEPTED_FORMS = (
+    f"{sorted(POLICY_NAMES)}, timm's 'rand-m<M>[-n<N>][-mstd<S>][-inc1][-p<P>]' "
+    f"(e.g. 'rand-m9-mstd0.5-inc1'), None, or a policy object"
+)
 
 
 def resolve_policy(policy: str | PolicyLike | None) -> PolicyLike | None:
-    """``"autoaugment"`` / ``"randaugment"`` / ``"trivialaugment"`` / None / a policy object."""
-    if policy is None or isinstance(policy, (AutoAugment, RandAugment, TrivialAugment)):
+    """The policy object for a name as users type it, None, or a policy object as is.
+
+    Accepts ``"autoaugment"``/``"randaugment"``/``"trivialaugment"``; torchvision's reference
+    names ``"ra"``, ``"ta_wide"``, ``"imagenet"``, ``"cifar10"``, ``"svhn"``; and timm's
+    ``"rand-m9-mstd0.5"``-style strings (:meth:`TimmRandAugment.from_string`). AugMix is refused.
+
+    Example:
+        >>> resolve_policy("ta_wide")
+        TrivialAugment(interpolation='nearest', fill=0, num_magnitude_bins=31)
+    """
+    if policy is None or isinstance(policy, (AutoAugment, RandAugment, TrivialAugment, TimmRandAugment)):
         return policy
-    if isinstance(policy, str) and policy.lower() in POLICY_NAMES:
-        return POLICY_NAMES[policy.lower()]()
-    raise ValueError(
-        f"policy: expected one of {sorted(POLICY_NAMES)}, None, or an AutoAugment/RandAugment/"
-        f"TrivialAugment object; got {policy!r}"
-    )
+    if isinstance(policy, str):
+        name = policy.lower()
+        if name in POLICY_NAMES:
+            return POLICY_NAMES[name]()
+        if name.split("-")[0] in UNSUPPORTED_POLICIES:
+            raise ValueError(
+                f"policy: AugMix ({policy!r}) is not supported: it blends several augmented "
+                f"copies of each image, which dalaug's DALI graphs do not build"
+            )
+        if name.startswith("rand-") or name == "rand":
+            return TimmRandAugment.from_string(name)
+    raise ValueError(f"policy: expected one of {ACCEPTED_FORMS}; got {policy!r}")
