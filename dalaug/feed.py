@@ -37,16 +37,18 @@ class EpochFeed:
     """Which samples make each batch of each epoch on this rank.
 
     Each epoch is a permutation of the data set seeded by ``(seed, epoch)`` (identity order when
-    ``shuffle`` is False). The permutation is padded by wrapping around to a multiple of
-    ``world_size`` and split into equal contiguous shards, so every rank gets the same number of
-    samples and every sample appears once per epoch across ranks; the only duplicates are the at
-    most ``world_size - 1`` padding samples.
+    ``shuffle`` is False), split into contiguous shards, one per rank.
 
-    Excluded samples (bad files) are removed from the shard. Where the batch count must not change
-    (training, whose LR schedules count ``len(loader)``, and any run with several ranks, which DDP
-    keeps in lockstep) the shard is then padded back to its length by wrapping around to its own
-    first samples: those are the only further duplicates. A single-rank eval feed just shrinks, so
-    each good sample is still evaluated exactly once.
+    A training feed (``shuffle`` or ``drop_last``) keeps the ranks in lockstep, as DDP's backward
+    pass needs: the permutation is padded by wrapping around to a multiple of ``world_size``, so
+    every rank gets the same number of samples and batches; the only duplicates are the at most
+    ``world_size - 1`` padding samples. Excluded samples (bad files) are removed from the shard,
+    which is then padded back to its length with its own first samples, so the batch count never
+    changes (LR schedules count ``len(loader)``).
+
+    An evaluation feed (neither) counts every sample exactly once across ranks: no padding, so
+    shards may differ by one sample and ranks by one batch (evaluation runs no collective per
+    batch: reduce the sums once at the end), and excluded samples just leave their shard.
 
     Args:
         samples: the data set.
@@ -73,7 +75,7 @@ class EpochFeed:
         self.drop_last = drop_last
         self.seed = seed
         self.sharding = sharding
-        self.keep_length = drop_last or sharding.world_size > 1
+        self.lockstep = shuffle or drop_last  # training: equal, fixed-length shards
         self.excluded: frozenset[int] = frozenset()
         self._cache: tuple[int, frozenset[int], np.ndarray] | None = None
 
@@ -95,9 +97,12 @@ class EpochFeed:
             order = np.random.default_rng([self.seed, epoch]).permutation(n)
         else:
             order = np.arange(n)
+        rank, world_size = self.sharding.rank, self.sharding.world_size
         per_rank = self.samples_per_rank
-        padded = np.resize(order, per_rank * self.sharding.world_size)
-        shard = padded[self.sharding.rank * per_rank : (self.sharding.rank + 1) * per_rank]
+        if self.lockstep:
+            shard = np.resize(order, per_rank * world_size)[rank * per_rank : (rank + 1) * per_rank]
+        else:
+            shard = np.array_split(order, world_size)[rank]
         if self.excluded:
             shard = shard[~np.isin(shard, np.fromiter(self.excluded, np.int64))]
             if shard.size == 0:
@@ -105,18 +110,32 @@ class EpochFeed:
                     f"every sample of rank {self.sharding.rank}'s shard in epoch {epoch} is excluded "
                     "as undecodable"
                 )
-            if self.keep_length:
+            if self.lockstep:
                 shard = np.resize(shard, per_rank)
         self._cache = (epoch, self.excluded, shard)
         return shard
 
     @property
     def samples_per_rank(self) -> int:
-        return math.ceil(len(self.samples) / self.sharding.world_size)
+        """Samples in this rank's shard (before exclusions; with padding in a training feed)."""
+        n, world_size = len(self.samples), self.sharding.world_size
+        if self.lockstep:
+            return math.ceil(n / world_size)
+        return n // world_size + (self.sharding.rank < n % world_size)
+
+    def num_samples(self) -> int:
+        """Samples this rank reads per epoch (the same every epoch)."""
+        if self.lockstep:
+            return self.samples_per_rank
+        # Evaluation reads the data set in order: this rank's shard is one range of ids.
+        n, world_size, rank = len(self.samples), self.sharding.world_size, self.sharding.rank
+        start = rank * (n // world_size) + min(rank, n % world_size)
+        end = start + self.samples_per_rank
+        return end - start - sum(start <= i < end for i in self.excluded)
 
     def num_batches(self) -> int:
         """Batches per epoch on this rank (the same every epoch)."""
-        count = self.samples_per_rank if self.keep_length else len(self.samples) - len(self.excluded)
+        count = self.num_samples()
         return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
 
     def batch_ids(self, epoch: int, iteration: int) -> np.ndarray:

@@ -35,15 +35,16 @@ import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+from dalaug.compose import apply_operators
 from dalaug.config import IMAGENET_MEAN, IMAGENET_STD, LoaderConfig
-from dalaug.views import DatasetView, SamplerView
 from dalaug.feed import EpochFeed, Sharding
 from dalaug.graphs import build_pipeline
-from dalaug.ops import BatchOp, soft_targets
+from dalaug.ops import BatchOp
 from dalaug.policies import PolicyLike
 from dalaug.reader import BatchReader
 from dalaug.sources import Samples, resolve_source
 from dalaug.verify import decode_failures
+from dalaug.views import DatasetView, SamplerView
 
 log = logging.getLogger("dalaug")
 
@@ -304,9 +305,9 @@ class Loader:
         if self.config.dtype == torch.bfloat16:
             images = images.to(torch.bfloat16)  # DALI has no bfloat16
         if self.operators:
-            targets = soft_targets(targets, len(self.classes))
-            for op in self.operators:
-                images, targets = op(images, targets, generator=self.generator)
+            images, targets = apply_operators(
+                self.operators, images, targets, num_classes=len(self.classes), generator=self.generator
+            )
         return images, targets
 
     def _build(self, checkpoint: str | None = None) -> None:

@@ -33,8 +33,10 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from nvidia.dali.backend import ReleaseUnusedMemory
 
+from dalaug.compose import apply_operators
 from dalaug.config import LoaderConfig
 from dalaug.policies import PolicyLike, resolve_policy
+from dalaug.views import SamplerView
 
 if TYPE_CHECKING:
     from dalaug.loader import Loader
@@ -509,6 +511,73 @@ class Schedule:
     def __repr__(self) -> str:
         parts = ", ".join(f"{p.name or i}: {p.epochs}" for i, p in enumerate(self.phases))
         return f"Schedule({parts}; {self.epochs} epochs)"
+
+    def as_loader(self) -> PhasedLoader:
+        """The schedule as one loader for an unchanged DataLoader loop (see :class:`PhasedLoader`)."""
+        return PhasedLoader(self)
+
+
+class PhasedLoader:
+    """A :class:`Schedule` behind the face of one loader: each ``for`` serves the schedule's next
+    epoch with that phase's pipeline and batch operators, so a training script written for a
+    DataLoader runs the whole schedule, refinement included, without a line changed in its loop.
+
+    When any phase has batch operators, every batch comes with soft targets (B, C), the clean
+    phases' too (one-hot), so the loss never changes type at a boundary. ``set_epoch`` (or
+    ``sampler.set_epoch``, as DistributedSampler loops call it) moves the schedule's cursor.
+
+    Example:
+        >>> heavy = Phase(90, policy="autoaugment", operators=[Mixup(alpha=0.2, num_classes=1000)])
+        >>> train_loader = Schedule(refine(heavy, 10), loader).as_loader()  # doctest: +SKIP
+        >>> for epoch in range(100):  # doctest: +SKIP
+        ...     for images, soft in train_loader:
+        ...         loss = soft_target_cross_entropy(model(images), soft)
+    """
+
+    def __init__(self, schedule: Schedule) -> None:
+        if schedule._template is None:
+            raise ValueError("schedule: built without a loader; give Schedule(phases, loader)")
+        self.schedule = schedule
+        self.loader = schedule._template  # the loader of the epoch served last (or first)
+        self.soft = any(phase.operators for phase in schedule.phases)
+        self.generator = self.loader.generator  # the operators' draws, saved with the loader state
+
+    def __iter__(self):
+        epoch = self.schedule.epoch
+        if epoch >= self.schedule.epochs:
+            raise ValueError(f"the schedule's {self.schedule.epochs} epochs are done")
+        self.loader = self.schedule.loader_at(epoch)
+        operators = self.schedule.operators_at(epoch)
+        self.schedule.epoch = epoch + 1
+        for images, targets in self.loader:
+            if self.soft:
+                images, targets = apply_operators(
+                    operators, images, targets, num_classes=len(self.loader.classes), generator=self.generator
+                )  # fmt: skip
+            yield images, targets
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve ``epoch`` next (a loop's ``set_epoch`` at the top of each epoch keeps the cursor)."""
+        self.schedule.load_state_dict({"epoch": epoch})
+
+    @property
+    def epoch(self) -> int:
+        return self.schedule.epoch
+
+    @property
+    def sampler(self) -> SamplerView:
+        return SamplerView(self.loader, owner=self)
+
+    def __getattr__(self, name: str):
+        # The DataLoader surface (dataset, batch_size, drop_last, classes, device, ...) is the
+        # current loader's: every phase reads the same samples in the same batches.
+        if name in ("dataset", "batch_size", "drop_last", "classes", "device", "num_workers",
+                    "pin_memory", "sample_ids", "num_samples"):  # fmt: skip
+            return getattr(self.loader, name)
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
 
 
 def _check_phase(name: str, phase: object) -> None:

@@ -56,15 +56,16 @@ class DatasetView:
 
 
 class SamplerView:
-    """This rank's shard as a ``DistributedSampler`` shows it; ``set_epoch`` moves the loader."""
+    """This rank's shard as a ``DistributedSampler`` shows it; ``set_epoch`` moves ``owner``
+    (the loader, or the phased loader of a Schedule that holds it)."""
 
-    def __init__(self, loader: Loader) -> None:
+    def __init__(self, loader: Loader, owner=None) -> None:
         self._loader = loader
+        self._owner = owner or loader
 
     def __len__(self) -> int:
-        """Samples this rank reads per epoch (padded shards: the same on every rank)."""
-        feed = self._loader.feed
-        return feed.samples_per_rank if feed.keep_length else len(feed.samples) - len(feed.excluded)
+        """Samples this rank reads per epoch."""
+        return self._loader.feed.num_samples()
 
     def __iter__(self):
         return iter(self._loader.feed.shard(self._loader.epoch).tolist())
@@ -86,4 +87,4 @@ class SamplerView:
         return self._loader.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        self._loader.set_epoch(epoch)
+        self._owner.set_epoch(epoch)

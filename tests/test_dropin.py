@@ -110,7 +110,7 @@ def test_operators_in_the_loader_give_soft_targets_and_turn_off_at_once(photo_fo
     assert soft.shape == (8, 3) and torch.allclose(soft.sum(1), torch.ones(8))
     assert (soft.max(1).values < 1).any()  # mixed
     mix.mixup_enabled = False  # what timm's train.py sets at --mixup-off-epoch
-    for images, soft in loader:
+    for _, soft in loader:
         assert torch.equal(soft.max(1).values, torch.ones(8))  # one-hot: not mixed any more
 
 
@@ -130,3 +130,19 @@ def test_the_device_is_resolved_once_not_per_thread(monkeypatch):
     worker.start()
     worker.join()
     assert config.device == built[0].device == torch.device("cuda", 3)
+
+
+def test_a_schedule_iterated_like_a_loader_runs_refinement_in_an_unchanged_loop(photo_folder):
+    template = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", policy="autoaugment")
+    heavy = dalaug.Phase(2, policy="autoaugment", operators=[dalaug.Mixup(alpha=1.0, num_classes=3)])
+    with dalaug.Schedule(dalaug.refine(heavy, 1), template) as schedule:
+        train_loader = schedule.as_loader()
+        seen = []
+        for epoch in range(3):  # a DataLoader loop, DistributedSampler-style set_epoch included
+            train_loader.sampler.set_epoch(epoch)
+            rows = torch.cat([soft for _, soft in train_loader])
+            seen.append((train_loader.loader.config.policy, bool((rows.max(1).values < 1).any())))
+            assert rows.shape == (len(train_loader) * 8, 3)  # soft targets in every phase
+        assert [mixed for _, mixed in seen] == [True, True, False]
+        assert seen[0][0] is not None and seen[2][0] is None  # the clean pipeline for refinement
+        assert len(train_loader.dataset) == 60 and train_loader.batch_size == 8

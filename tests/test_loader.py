@@ -106,7 +106,9 @@ def test_shards_cover_the_data_set_with_equal_batch_counts(world_size):
 
 def test_same_seed_same_batches_different_seed_differs(photo_folder):
     def run(seed):
-        loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", seed=seed, policy="randaugment")
+        loader = dalaug.Loader(
+            photo_folder, 8, train=True, crop=CROP, device="cpu", seed=seed, policy="randaugment"
+        )
         return batches(loader)
 
     a, b, c = run(5), run(5), run(6)
@@ -212,7 +214,9 @@ def test_gpu_pipeline_matches_cpu_pipeline(photo_folder, roi_decode):
 @pytest.mark.parametrize("policy", [None, "autoaugment", "randaugment", "trivialaugment"])
 @pytest.mark.parametrize("roi_decode", [True, False])
 def test_gpu_train_pipeline_yields_cuda_tensors(photo_folder, policy, roi_decode):
-    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cuda", policy=policy, roi_decode=roi_decode)
+    loader = dalaug.Loader(
+        photo_folder, 8, train=True, crop=CROP, device="cuda", policy=policy, roi_decode=roi_decode
+    )
     images, targets = next(iter(loader))
     assert images.is_cuda and targets.is_cuda and images.shape == (8, 3, CROP, CROP)
 
@@ -228,7 +232,9 @@ def test_an_epoch_broken_off_is_followed_by_a_whole_next_epoch(photo_folder):
 
 
 def test_prepare_starts_an_epoch_early_without_changing_it(photo_folder):
-    reference = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", seed=4, policy="randaugment")
+    reference = dalaug.Loader(
+        photo_folder, 8, train=True, crop=CROP, device="cpu", seed=4, policy="randaugment"
+    )
     reference.set_epoch(2)
     expected = batches(reference)
     loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", seed=4, policy="randaugment")

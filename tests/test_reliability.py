@@ -100,7 +100,9 @@ def test_training_goes_on_at_the_failed_batch_with_the_same_batch_count(data):
 def test_bad_files_in_several_batches_and_a_policy(data):
     for name in ("class_000/000000_bad.jpg", "class_001/000001_bad.jpg", "class_002/000002_bad.jpg"):
         write_fault("random_bytes", data / name)
-    loader = dalaug.Loader(data, 8, train=True, crop=CROP, device="cpu", policy="autoaugment", max_bad_fraction=0.05)
+    loader = dalaug.Loader(
+        data, 8, train=True, crop=CROP, device="cpu", policy="autoaugment", max_bad_fraction=0.05
+    )
     ids = torch.cat(run_epoch(loader)).tolist()
     bad = {loader.samples.paths.index(str(data / n)) for n in ("class_000/000000_bad.jpg",)}
     assert len(loader.bad_samples) == 3 and not bad & set(ids)
@@ -171,7 +173,7 @@ def test_a_dali_failure_on_bytes_that_then_decode_is_retried_once_and_a_lasting_
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_excluding_keeps_every_rank_at_the_same_batch_count(world_size):
+def test_excluding_keeps_every_training_rank_at_the_same_batch_count(world_size):
     samples = resolve_source([(__file__, i % 5) for i in range(50)])
     for train in (True, False):
         feeds = [
@@ -181,13 +183,18 @@ def test_excluding_keeps_every_rank_at_the_same_batch_count(world_size):
         before = [feed.num_batches() for feed in feeds]
         for feed in feeds:
             feed.exclude([7, 30])  # each rank learns of bad files on its own; here all of them
-        assert [feed.num_batches() for feed in feeds] == before
+        if train:
+            assert [feed.num_batches() for feed in feeds] == before
         for epoch in range(3):
             shards = [feed.shard(epoch) for feed in feeds]
+            assert [len(shard) for shard in shards] == [feed.num_samples() for feed in feeds]
             everything = np.concatenate(shards)
             assert set(everything.tolist()) == set(range(50)) - {7, 30}
-            # duplicates: the padding to a multiple of world_size, plus one per excluded sample
-            assert len(everything) - 48 == (-50) % world_size + 2
+            if train:
+                # duplicates: the padding to a multiple of world_size, plus one per excluded sample
+                assert len(everything) - 48 == (-50) % world_size + 2
+            else:
+                assert len(everything) == 48  # evaluation: every good sample exactly once
 
 
 # -- bad settings ------------------------------------------------------------------------------
@@ -339,4 +346,3 @@ def test_close_frees_the_pipeline_and_iterating_again_builds_one(photo_folder):
         first = run_epoch(loader)
     assert loader._pipeline is None
     assert len(run_epoch(loader)) == len(first)
-

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import dalaug
-from dalaug.config import LoaderConfig
 from benchmarks.report import rss_mib
+from dalaug.config import LoaderConfig
 from dalaug.ops import CutMix, Mixup
 from dalaug.policies import AutoAugment
 from dalaug.schedule import Fade, Phase, Schedule, early_stop, fade_out, refine

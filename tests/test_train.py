@@ -206,3 +206,14 @@ def test_bad_recipe_fields_are_named(changes, match):
     fields = {"name": "x", "model": "resnet18", "phases": [dalaug.Phase(3)], **changes}
     with pytest.raises(ValueError, match=match):
         Recipe(**fields)
+
+
+def test_the_summary_table_keeps_large_losses_in_their_columns():
+    from types import SimpleNamespace
+
+    from train.report import summary_table
+
+    recipe = SimpleNamespace(phases=[SimpleNamespace(epochs=1, name="heavy")])
+    row = {"epoch": 0, "top1": 1.0, "top5": 5.0, "clean_train_loss": 6.6412, "augmented_train_loss": 10776.0}
+    last = summary_table(recipe, [row]).splitlines()[-1]
+    assert last.split() == ["heavy", "1", "1.00", "5.00", "6.641", "1.078e+04"]

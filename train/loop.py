@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 import dalaug
 from dalaug import checkpoint
+from dalaug.compose import apply_operators
 from dalaug.config import resolve_device
-from dalaug.ops import BatchOp, soft_targets
 from train.models import create_model
 from train.recipe import Recipe
 
@@ -184,12 +184,10 @@ class Trainer:
             lr = self.schedule.lr_at(epoch, recipe.base_lr(epoch + step / len(loader)))
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            soft = soft_targets(targets, self.num_classes, recipe.label_smoothing)
-            for op in operators:
-                if isinstance(op, BatchOp):
-                    images, soft = op(images, soft, generator=self.generator)
-                else:
-                    images, soft = op(images, soft)
+            images, soft = apply_operators(
+                operators, images, targets, num_classes=self.num_classes, generator=self.generator,
+                label_smoothing=recipe.label_smoothing,
+            )  # fmt: skip
             with torch.autocast(self.device.type, self.amp) if self.amp else nullcontext():
                 loss = soft_cross_entropy(self.model(images), soft)
             self.optimizer.zero_grad(set_to_none=True)

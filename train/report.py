@@ -22,7 +22,8 @@ def summary_table(recipe: Recipe, history: list[dict]) -> str:
     """Accuracy and clean/augmented training loss at the end of each phase."""
     # Two spaces between columns and 4 significant digits: a large loss widens its column instead
     # of running into the next one.
-    header = f"{'end of phase':<22}{'epoch':>6}  {'top-1':>6}  {'top-5':>6}  {'clean loss':>10}  {'aug. loss':>10}"
+    columns = ("epoch", 6), ("top-1", 6), ("top-5", 6), ("clean loss", 10), ("aug. loss", 10)
+    header = f"{'end of phase':<22}" + "".join(f"{name:>{width}}  " for name, width in columns).rstrip()
     lines = [header, "-" * len(header)]
     end = -1
     for index, phase in enumerate(recipe.phases):
@@ -34,7 +35,8 @@ def summary_table(recipe: Recipe, history: list[dict]) -> str:
         name = phase.name or f"phase {index}"
         clean, augmented = r.get("clean_train_loss", math.nan), r.get("augmented_train_loss", math.nan)
         lines.append(
-            f"{name:<22}{end + 1:>6}  {r['top1']:>6.2f}  {r['top5']:>6.2f}  {clean:>10.4g}  {augmented:>10.4g}"
+            f"{name:<22}{end + 1:>6}  {r['top1']:>6.2f}  {r['top5']:>6.2f}  {clean:>10.4g}  "
+            f"{augmented:>10.4g}"
         )
     return "\n".join(lines)
 

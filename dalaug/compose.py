@@ -1,0 +1,45 @@
+"""Batch operators applied in order to a batch: the one place that turns labels into soft targets.
+
+The Loader (its ``operators=``), the phased loader of a Schedule and the training loop all mix
+batches the same way: class indices become soft targets (B, C), then each operator takes the
+previous one's output. dalaug's operators draw their parameters from the generator given (on the
+host, so nothing waits for the device); any other callable ``op(images, soft)`` is called as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dalaug.ops import BatchOp, soft_targets
+
+
+def apply_operators(
+    operators: Sequence[Callable[..., Any]],
+    images: Tensor,
+    targets: Tensor,
+    *,
+    num_classes: int,
+    generator: torch.Generator,
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """``(images, soft targets (B, C))`` after every operator in order (none: just soft targets).
+
+    Example:
+        >>> import dalaug
+        >>> mix = dalaug.Mixup(alpha=1.0, num_classes=3)
+        >>> images, soft = apply_operators([mix], torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]),
+        ...                                num_classes=3, generator=torch.Generator().manual_seed(0))
+        >>> soft.shape
+        torch.Size([4, 3])
+    """
+    soft = soft_targets(targets, num_classes, label_smoothing)
+    for op in operators:
+        if isinstance(op, BatchOp):
+            images, soft = op(images, soft, generator=generator)
+        else:
+            images, soft = op(images, soft)
+    return images, soft
