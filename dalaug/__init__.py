@@ -8,11 +8,13 @@
 """
 
 from dalaug import checkpoint
+from dalaug.cifar import convert_cifar
+from dalaug.config import LoaderConfig
 from dalaug.gap import Gap, measure_gap
 from dalaug.loader import IMAGENET_MEAN, IMAGENET_STD, DecodeError, Loader
-from dalaug.ops import CutMix, Cutout, Mixup, RandomChoice, SaliencyMix, soft_targets
-from dalaug.policies import AutoAugment, RandAugment, TrivialAugment
-from dalaug.schedule import Fade, Phase, Schedule, early_stop, fade_out, refine
+from dalaug.ops import CutMix, Cutout, Mixup, RandomChoice, RandomErasing, SaliencyMix, soft_targets
+from dalaug.policies import AutoAugment, RandAugment, TimmRandAugment, TrivialAugment
+from dalaug.schedule import Fade, Phase, PhasedLoader, Schedule, early_stop, fade_out, refine
 from dalaug.verify import VerifyReport, verify
 
 __all__ = [
@@ -25,15 +27,20 @@ __all__ = [
     "Fade",
     "Gap",
     "Loader",
+    "LoaderConfig",
     "Mixup",
     "Phase",
+    "PhasedLoader",
     "RandAugment",
     "RandomChoice",
+    "RandomErasing",
     "SaliencyMix",
     "Schedule",
+    "TimmRandAugment",
     "TrivialAugment",
     "VerifyReport",
     "checkpoint",
+    "convert_cifar",
     "early_stop",
     "fade_out",
     "measure_gap",

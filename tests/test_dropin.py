@@ -146,3 +146,39 @@ def test_a_schedule_iterated_like_a_loader_runs_refinement_in_an_unchanged_loop(
         assert [mixed for _, mixed in seen] == [True, True, False]
         assert seen[0][0] is not None and seen[2][0] is None  # the clean pipeline for refinement
         assert len(train_loader.dataset) == 60 and train_loader.batch_size == 8
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_batches_never_wait_for_the_device(photo_folder):
+    mix = dalaug.Mixup(alpha=1.0, num_classes=3)
+    loader = dalaug.Loader(
+        photo_folder, 8, train=True, crop=CROP, device="cuda", policy="autoaugment",
+        dtype=torch.bfloat16, memory_format=torch.channels_last, operators=[mix],
+    )  # fmt: skip
+    next(iter(loader))  # the first batch builds the pipeline, which may wait for the device
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):  # on into the next epoch too: the stream goes on, nothing is rebuilt
+            batches = list(loader)
+        images, soft = batches[-1]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert images.is_cuda and soft.is_cuda and images.dtype == torch.bfloat16
+    assert images.is_contiguous(memory_format=torch.channels_last) and soft.shape == (8, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_loader_built_in_another_thread_stays_on_its_device(photo_folder):
+    # The Schedule builds the next phase's loader in its own thread, where the current CUDA device
+    # is cuda:0 whatever the rank set: the loader must keep the device resolved at construction.
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    torch.cuda.set_device(device)
+    heavy = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, policy="autoaugment")
+    built = []
+    worker = threading.Thread(target=lambda: built.append(heavy.with_options(policy=None)))
+    worker.start()
+    worker.join()
+    images, targets = next(iter(built[0]))
+    assert heavy.device == built[0].device == images.device == targets.device == device

@@ -18,6 +18,7 @@ label-smoothing convention (off = s / C, on = 1 - s + s / C).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 from abc import ABC, abstractmethod
@@ -157,11 +158,17 @@ def smoothed_one_hot(targets: Tensor, num_classes: int, smoothing: float, *, mar
     context usable and shows up in the loss of the very step.
     """
     off = smoothing / num_classes
-    hot = targets[:, None] == torch.arange(num_classes, device=targets.device)
+    hot = targets[:, None] == _class_indices(num_classes, targets.device)
     rows = torch.where(hot, 1.0 - smoothing + off, off)  # one kernel; the scalars stay on the host
     if mark_invalid:
         rows.masked_fill_(hot.any(1, keepdim=True).logical_not_(), math.nan)
     return rows
+
+
+@functools.lru_cache(maxsize=64)
+def _class_indices(num_classes: int, device: torch.device) -> Tensor:
+    """``arange(num_classes)`` on ``device``, made once: one kernel launch less per call."""
+    return torch.arange(num_classes, device=device)
 
 
 def mix_soft_targets(soft: Tensor, lam: float | Tensor, partner: Tensor, mirrored: bool) -> Tensor:

@@ -6,6 +6,7 @@ batch is one ``flip``, with no index to ship. "permute" draws a random permutati
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -35,8 +36,14 @@ def partner_tensor(partner: np.ndarray, mode: Partner, device: torch.device) -> 
     """``partner`` on ``device``. On the CPU the host array is the tensor; elsewhere the mirror is
     one ``arange`` on the device, which costs less host time than a copy."""
     if mode == "flip" and device.type != "cpu":
-        return torch.arange(partner.shape[0] - 1, -1, -1, device=device)
+        return _mirror(partner.shape[0], device)
     return to_device([partner], device)[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _mirror(batch: int, device: torch.device) -> Tensor:
+    """The mirror pairing on ``device``, made once per batch size: no launch per call."""
+    return torch.arange(batch - 1, -1, -1, device=device)
 
 
 def partner_images(images: Tensor, partner: Tensor, mirrored: bool) -> Tensor:

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Everything a session with a lent GPU checks, in one call (issue 19): the gpu-marked tests (sync
+# checks included), a two-phase training run on --device cuda, and the GPU benchmarks. Run from the
+# repository root on the GPU machine after ../shared/gpu/install.sh; logs go to $OUT (or /tmp/out).
+# Each step has its own time limit so that one slow step cannot eat the others' device time.
+#   bash benchmarks/gpu_session.sh [tests|train|bench|all]
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+[ -f /tmp/site/env.sh ] && source /tmp/site/env.sh
+export DALAUG_CACHE=/tmp/dalaug-cache
+what=${1:-all}
+
+step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log, print its tail
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc in $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
+  tail -n 25 "$OUT/$name.log"
+}
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python -c "import torch, nvidia.dali as d; print('torch', torch.__version__, '| DALI', d.__version__)"
+} > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  step pytest-gpu "${TESTS_S:-200}" python -m pytest -m gpu -q -n 8 -p no:cacheprovider --maxfail=30 tests
+fi
+if [ "$what" = train ] || [ "$what" = all ]; then
+  # The embedded default (digits): augmented epochs, then refinement, on this GPU.
+  step train-cuda "${TRAIN_S:-100}" python -m train --device cuda --epochs 4 --out /tmp/run-cuda
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  step bench-ops "${OPS_S:-90}" python -m benchmarks.bench_ops
+  step bench-gpu "${GPU_S:-240}" python -m benchmarks.bench_gpu
+  cp BENCHMARKS.md "$OUT/"
+fi
