@@ -57,6 +57,8 @@ class LoaderConfig:
     roi_decode: bool = True
     max_bad_fraction: float = 0.001
     distributed: bool = True
+    lockstep: bool | None = None
+    color_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -81,6 +83,13 @@ class LoaderConfig:
             raise ValueError(f"memory_format: expected one of {MEMORY_FORMATS}, got {self.memory_format!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed: expected a non-negative int, got {self.seed!r}")
+        if self.lockstep is not None and not isinstance(self.lockstep, bool):
+            raise ValueError(f"lockstep: expected True, False or None, got {self.lockstep!r}")
+        jitter = self.color_jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
+            raise ValueError(f"color_jitter: expected a strength in [0, 1), got {jitter!r}")
+        if jitter and not self.train:
+            raise ValueError("color_jitter: an eval loader (train=False) takes no colour jitter")
         fraction = self.max_bad_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
             raise ValueError(f"max_bad_fraction: expected a fraction in [0, 1), got {fraction!r}")
@@ -115,6 +124,7 @@ class LoaderConfig:
             std=tuple(255 * s for s in self.std),
             half=self.dtype == torch.float16,
             channels_last=self.memory_format == torch.channels_last,
+            color_jitter=float(self.color_jitter),
             interpolation=resolve_interpolation(self.interpolation),
             roi_decode=self.roi_decode,
         )

@@ -57,11 +57,12 @@ class EpochFeed:
         drop_last: leave out the last partial batch of the shard.
         seed: seeds the permutations; it must agree across ranks.
         sharding: this rank and the number of ranks.
+        lockstep: equal, padded shards (default: for training, ``shuffle or drop_last``).
     """
 
     def __init__(
         self, samples: Samples, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
-        sharding: Sharding = Sharding(),
+        sharding: Sharding = Sharding(), lockstep: bool | None = None,
     ) -> None:  # fmt: skip
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
@@ -75,7 +76,9 @@ class EpochFeed:
         self.drop_last = drop_last
         self.seed = seed
         self.sharding = sharding
-        self.lockstep = shuffle or drop_last  # training: equal, fixed-length shards
+        # Training: equal, fixed-length shards. An evaluation loop that reduces across ranks every
+        # batch (timm's validate) needs them too, at the price of the padding's duplicates.
+        self.lockstep = shuffle or drop_last if lockstep is None else lockstep
         self.excluded: frozenset[int] = frozenset()
         self._cache: tuple[int, frozenset[int], np.ndarray] | None = None
 

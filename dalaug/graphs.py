@@ -46,6 +46,7 @@ class GraphSpec:
     std: tuple[float, ...]
     half: bool  # emit float16 from DALI (bf16 is cast in torch: DALI has no bf16)
     channels_last: bool  # emit HWC: viewed as NCHW it is torch's channels_last
+    color_jitter: float  # brightness, contrast and saturation factors in [1 - j, 1 + j]
     interpolation: object  # a DALI interp type for the resize
     roi_decode: bool  # decode only the crop window; False: full decode + random_resized_crop
 
@@ -107,6 +108,14 @@ def _graph(spec: GraphSpec, source, on_gpu: bool):
             images = fn.random_resized_crop(
                 images, size=(spec.crop, spec.crop), random_area=spec.scale,
                 random_aspect_ratio=spec.ratio, num_attempts=10, interp_type=spec.interpolation,
+            )  # fmt: skip
+        if spec.color_jitter:
+            # torchvision's ColorJitter(j, j, j): each factor uniform in [1 - j, 1 + j]; DALI
+            # applies the three in one fixed order where torchvision shuffles them per image.
+            factor = dict(range=[1.0 - spec.color_jitter, 1.0 + spec.color_jitter])
+            images = fn.color_twist(
+                images, brightness=fn.random.uniform(**factor), contrast=fn.random.uniform(**factor),
+                saturation=fn.random.uniform(**factor),
             )  # fmt: skip
         if spec.policy is not None:
             images = spec.policy.apply(images, spec.crop)

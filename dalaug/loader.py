@@ -109,6 +109,11 @@ class Loader:
             out and logged (below 1000 samples the default allows none); 0: any bad file is an error.
         distributed: under ``torch.distributed``, read this rank's shard (True) or the whole data
             set (False, e.g. for a side measurement every rank makes on the same samples).
+        lockstep: pad the ranks' shards to equal length (default: for training). An evaluation
+            loop that reduces across ranks every batch needs it, and then counts the padding's
+            at most ``world_size - 1`` duplicates; without it every sample counts exactly once.
+        color_jitter: train: brightness, contrast and saturation jitter of strength j (factors
+            uniform in [1 - j, 1 + j], as torchvision's ``ColorJitter(j, j, j)``).
         operators: batch operators (``dalaug.Mixup``, ``dalaug.RandomChoice([...])``, ...) applied
             to every batch on the device; the loader then yields soft targets (B, C). Turning an
             operator off (``op.enabled = False``, timm's ``mixup_enabled``) takes effect at once.
@@ -177,7 +182,7 @@ class Loader:
         sharding = _sharding() if config.distributed else Sharding()
         self.feed = EpochFeed(
             samples, config.batch_size, shuffle=config.shuffle, drop_last=config.drop_last,
-            seed=config.seed, sharding=sharding,
+            seed=config.seed, sharding=sharding, lockstep=config.lockstep,
         )  # fmt: skip
         if self.feed.num_batches() == 0:
             raise ValueError(
@@ -235,6 +240,19 @@ class Loader:
     def sampler(self) -> SamplerView:
         """This rank's shard, as a DistributedSampler: ``len``, ``set_epoch``, ``num_replicas``, ``rank``."""
         return SamplerView(self)
+
+    @property
+    def mixup_enabled(self) -> bool:
+        """Whether the loader's operators mix: timm's train.py sets ``loader.mixup_enabled = False``
+        at ``--mixup-off-epoch`` (its prefetcher mixes in the loader, as dalaug does)."""
+        return any(op.enabled for op in self.operators)
+
+    @mixup_enabled.setter
+    def mixup_enabled(self, value: bool) -> None:
+        if not self.operators:
+            raise AttributeError("mixup_enabled: this loader has no operators to turn on or off")
+        for op in self.operators:
+            op.mixup_enabled = value
 
     @property
     def num_samples(self) -> int:

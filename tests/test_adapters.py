@@ -1,0 +1,63 @@
+"""timm's create_loader arguments on dalaug: what timm's train.py passes takes effect or is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.data import FastCollateMixup
+from timm.loss import SoftTargetCrossEntropy
+
+from dalaug.adapters import create_loader
+
+SIZE = (3, 32, 32)
+
+
+def test_a_timm_shaped_loop_mixes_until_the_off_epoch_then_stops(photo_folder):
+    smoothing = 0.1
+    collate = FastCollateMixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=smoothing, num_classes=3)
+    loader = create_loader(
+        photo_folder, input_size=SIZE, batch_size=8, is_training=True, auto_augment="rand-m9-mstd0.5",
+        interpolation="bicubic", re_prob=0.25, re_mode="pixel", collate_fn=collate, num_workers=2,
+        device="cpu",
+    )  # fmt: skip
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
+    criterion = SoftTargetCrossEntropy()
+    mixup_off_epoch, peaks = 2, []
+    for epoch in range(3):
+        if epoch == mixup_off_epoch:
+            loader.mixup_enabled = False  # timm's train.py, prefetcher path
+        loader.sampler.set_epoch(epoch)
+        for images, target in loader:
+            assert images.shape == (8, *SIZE) and target.shape == (8, 3)
+            criterion(model(images), target).backward()
+            peaks.append((epoch, target.max(1).values))
+    one_hot_peak = 1 - smoothing + smoothing / 3
+    mixed = [bool((peak < one_hot_peak - 1e-6).any()) for epoch, peak in peaks if epoch < mixup_off_epoch]
+    assert any(mixed)
+    for epoch, peak in peaks:
+        if epoch == mixup_off_epoch:
+            assert torch.allclose(peak, torch.full((8,), one_hot_peak))  # smoothed, never mixed
+
+
+def test_the_eval_loader_reads_every_sample_once_at_timm_crop_pct(photo_folder):
+    loader = create_loader(photo_folder, input_size=32, batch_size=8, crop_pct=0.9, device="cpu")
+    assert not loader.train and loader.config.resize == round(32 / 0.9)
+    assert sum(len(target) for _, target in loader) == 60
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"vflip": 0.5}, "vflip"),
+        ({"re_count": 2, "re_prob": 0.5}, "re_count"),
+        ({"num_aug_splits": 3}, "num_aug_splits"),
+        ({"auto_augment": "augmix-m5-w4-d2"}, "augmix"),
+        ({"input_size": (3, 32, 48)}, "input_size"),
+        ({"collate_fn": lambda batch: batch}, "collate_fn"),
+        ({"interpolation": "random"}, "interpolation"),
+    ],
+)
+def test_what_dalaug_cannot_do_is_refused_by_name(photo_folder, kwargs, name):
+    arguments = {"input_size": SIZE, "batch_size": 8, "is_training": True, "device": "cpu", **kwargs}
+    with pytest.raises(ValueError, match=name):
+        create_loader(photo_folder, **arguments)
