@@ -346,3 +346,13 @@ def test_close_frees_the_pipeline_and_iterating_again_builds_one(photo_folder):
         first = run_epoch(loader)
     assert loader._pipeline is None
     assert len(run_epoch(loader)) == len(first)
+
+
+def test_a_dali_error_that_is_not_about_a_file_is_raised_at_once(data):
+    # Out of device memory is not a bad file: no sample-by-sample decoding, no rebuild, no retry.
+    loader = dalaug.Loader(data, 4, train=False, crop=CROP, device="cpu")
+    next(iter(loader))
+    error = RuntimeError("Critical error in pipeline:\nCUDA allocation failed: out of memory")
+    with pytest.raises(RuntimeError) as raised:
+        loader._recover(error)
+    assert raised.value is error and not loader.recoveries and not loader.bad_samples
