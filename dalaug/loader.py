@@ -498,8 +498,9 @@ class Loader:
         return path
 
     def close(self) -> None:
-        """Free the DALI pipeline and its threads now; iterating again builds a new one."""
+        """Free the DALI pipeline and the threads now; iterating again starts them again."""
         self._pipeline = None
+        self.reader.close()
         self.reader.restart((self.epoch, self.iteration))
 
     def __enter__(self) -> Loader:

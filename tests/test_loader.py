@@ -87,21 +87,24 @@ def test_epochs_reshuffle_and_set_epoch_replays_an_epoch(photo_folder):
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_shards_cover_the_data_set_with_equal_batch_counts(world_size):
+@pytest.mark.parametrize("lockstep", [True, False])
+def test_shards_cover_the_data_set(world_size, lockstep):
+    # Training (and lockstep evaluation) pads to equal shards; plain evaluation counts each sample once.
     samples = resolve_source([(__file__, i % 5) for i in range(50)])
-    for train in (True, False):
-        feeds = [
-            EpochFeed(samples, 4, shuffle=train, drop_last=train, seed=1, sharding=Sharding(r, world_size))
-            for r in range(world_size)
-        ]
-        for epoch in range(3):
-            shards = [feed.shard(epoch) for feed in feeds]
-            assert len({len(s) for s in shards}) == 1
-            assert len({feed.num_batches() for feed in feeds}) == 1
-            everything = np.concatenate(shards)
-            assert set(everything.tolist()) == set(range(50))
-            # duplicates only from padding to a multiple of world_size
-            assert len(everything) - 50 == (-50) % world_size
+    feeds = [
+        EpochFeed(samples, 4, shuffle=lockstep, drop_last=lockstep, seed=1, sharding=Sharding(r, world_size))
+        for r in range(world_size)
+    ]
+    for epoch in range(3):
+        shards = [feed.shard(epoch) for feed in feeds]
+        everything = np.concatenate(shards)
+        assert set(everything.tolist()) == set(range(50))
+        assert [len(shard) for shard in shards] == [feed.num_samples() for feed in feeds]
+        if lockstep:
+            assert len({len(s) for s in shards}) == 1 and len({feed.num_batches() for feed in feeds}) == 1
+            assert len(everything) - 50 == (-50) % world_size  # duplicates only from the padding
+        else:
+            assert len(everything) == 50 and max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
 def test_same_seed_same_batches_different_seed_differs(photo_folder):
