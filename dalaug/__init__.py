@@ -12,7 +12,16 @@ from dalaug.cifar import convert_cifar
 from dalaug.config import LoaderConfig
 from dalaug.gap import Gap, measure_gap
 from dalaug.loader import IMAGENET_MEAN, IMAGENET_STD, DecodeError, Loader
-from dalaug.ops import CutMix, Cutout, Mixup, RandomChoice, RandomErasing, SaliencyMix, soft_targets
+from dalaug.ops import (
+    CutMix,
+    Cutout,
+    ManifoldMixup,
+    Mixup,
+    RandomChoice,
+    RandomErasing,
+    SaliencyMix,
+    soft_targets,
+)
 from dalaug.policies import AutoAugment, RandAugment, TimmRandAugment, TrivialAugment
 from dalaug.schedule import Fade, Phase, PhasedLoader, Schedule, early_stop, fade_out, refine
 from dalaug.verify import VerifyReport, verify
@@ -27,6 +36,7 @@ __all__ = [
     "Fade",
     "Gap",
     "Loader",
+    "ManifoldMixup",
     "LoaderConfig",
     "Mixup",
     "Phase",

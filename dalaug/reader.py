@@ -23,7 +23,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from nvidia.dali.tensors import TensorListCPU
 
 from dalaug.feed import EpochFeed
 from dalaug.integrity import check_encoded
@@ -39,7 +38,7 @@ class Issued:
 
     position: Position
     ids: np.ndarray
-    data: TensorListCPU
+    data: list[np.ndarray]
     stale: bool = False
 
 
@@ -90,7 +89,7 @@ class BatchReader:
                 pool.shutdown(wait=False, cancel_futures=True)
         self._pool = self._assembler = None
 
-    def __call__(self, info) -> tuple[TensorListCPU, np.ndarray]:
+    def __call__(self, info) -> tuple[list[np.ndarray], np.ndarray]:
         # DALI's own (epoch_idx, iteration) are ignored: the stream never ends, the cursor decides.
         position = self.cursor
         if position[1] >= self.feed.num_batches():  # an evaluation epoch shrank (files left out)
@@ -142,11 +141,12 @@ class BatchReader:
         return [(int(i), self._read(int(i))) for i in ids]
 
     @staticmethod
-    def _assemble(chunks: list[Future]) -> tuple[TensorListCPU | None, dict[int, str]]:
-        """The batch as one DALI TensorList, or the samples that failed their checks.
+    def _assemble(chunks: list[Future]) -> tuple[list[np.ndarray], dict[int, str]]:
+        """The batch's arrays once its chunks are read, or the samples that failed their checks.
 
-        Built here, in the assembler thread: handed a list of arrays, DALI would convert it on the
-        thread that iterates the loader (about 1 ms per 256 samples); a TensorList it takes as is.
+        A list, not a DALI TensorList: building one copies every byte while holding the GIL
+        (about 10 ms per 256 ImageNet-sized JPEGs), which capped the loader near 6,000 img/s on a
+        16-core GPU machine; DALI takes the list without a copy (``no_copy``).
         """
         data, bad = [], {}
         for chunk in chunks:
@@ -155,7 +155,7 @@ class BatchReader:
                     data.append(array)
                 else:
                     bad[sample_id] = reason
-        return (None if bad else TensorListCPU(data)), bad
+        return data, bad
 
     def read_bytes(self, sample_id: int) -> np.ndarray:
         return self.feed.samples.read(sample_id)

@@ -217,3 +217,42 @@ def test_the_summary_table_keeps_large_losses_in_their_columns():
     row = {"epoch": 0, "top1": 1.0, "top5": 5.0, "clean_train_loss": 6.6412, "augmented_train_loss": 10776.0}
     last = summary_table(recipe, [row]).splitlines()[-1]
     assert last.split() == ["heavy", "1", "1.00", "5.00", "6.641", "1.078e+04"]
+
+
+def test_manifold_mixup_in_a_recipe_mixes_inside_the_model_and_detaches_at_the_end(colour_data, tmp_path):
+    from train.loop import Trainer
+    from train.recipe import load_recipe
+
+    path = write_recipe(tmp_path, colour_data, heavy=2, refine=1)
+    path.write_text(path.read_text().replace("dalaug.Mixup(", "dalaug.ManifoldMixup("))
+    recipe = load_recipe(path)
+    trainer = Trainer(recipe, tmp_path / "out", device="cpu")
+    (op,) = recipe.phases[0].operators
+    hooked = [m for m in trainer.module.modules() if m._forward_hooks or m._forward_pre_hooks]
+    assert hooked  # attached to the model before training
+    records = trainer.run()
+    assert [r["phase"] for r in records] == ["heavy", "heavy", "refine"]
+    assert all(r["train_loss"] == r["train_loss"] for r in records)  # finite: no NaN from the hooks
+    assert not [m for m in trainer.module.modules() if m._forward_hooks or m._forward_pre_hooks]
+
+
+def test_resume_at_a_boundary_that_changes_loader_options(colour_data, tmp_path):
+    # The docs' refinement of a moderately augmented model drops flip and crop too: the saved
+    # heavy-phase loader state must not be restored into the clean phase's different graph.
+    from train.loop import Trainer
+    from train.recipe import load_recipe
+
+    path = write_recipe(tmp_path, colour_data, heavy=2, refine=2)
+    path.write_text(path.read_text().replace(
+        "dalaug.refine(heavy, epochs=2)",
+        'dalaug.refine(dalaug.Phase(2, policy="randaugment", name="heavy"), epochs=2, '
+        'options={"flip": False, "scale": (1.0, 1.0)})',
+    ))  # fmt: skip
+    recipe = load_recipe(path)
+    assert recipe.phases[1].options["flip"] is False
+    out = tmp_path / "out"
+    Trainer(recipe, out, device="cpu").run(until=2)  # stops at the boundary, checkpoint saved
+    resumed = Trainer(recipe, out, device="cpu", resume=True)
+    records = resumed.run()
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert resumed.schedule.state_dict() == {"epoch": 4}

@@ -28,6 +28,7 @@ import dalaug
 from dalaug import checkpoint
 from dalaug.compose import apply_operators
 from dalaug.config import resolve_device
+from dalaug.ops import ManifoldMixup
 from train.models import create_model
 from train.recipe import Recipe
 
@@ -105,6 +106,10 @@ class Trainer:
         model = create_model(recipe.model, self.num_classes, **recipe.model_kwargs)
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.module = self.model
+        # Manifold Mixup mixes inside the model: its hooks go on the unwrapped module, once.
+        listed = [getattr(op, "op", op) for phase in recipe.phases for op in phase.operators]  # unwrap Fades
+        manifold = {id(op): op for op in listed if isinstance(op, ManifoldMixup)}
+        self.hooks = [op.attach(self.module) for op in manifold.values()]
         if self.distributed:
             self.model = DistributedDataParallel(self.model, device_ids=[self.device] if on_gpu else None)
         self.optimizer = torch.optim.SGD(
@@ -138,7 +143,10 @@ class Trainer:
         taken = []
         for policy in (None, heavy.policy):
             # Each rank measures the same samples: no sharding for this side measurement.
-            config = train_loader.config.replace(batch_size=batch, policy=policy, distributed=False)
+            # float32: the monitor's forward passes run outside autocast.
+            config = train_loader.config.replace(
+                batch_size=batch, policy=policy, distributed=False, dtype=torch.float32
+            )
             with train_loader.with_config(config) as loader:
                 taken.append([(x.cpu(), y.cpu()) for x, y in loader])
         return tuple(taken)
@@ -169,6 +177,9 @@ class Trainer:
                 log.info(_format(record))
             self._save(epoch)
         self.schedule.close()
+        for hooks in self.hooks:
+            hooks.detach()
+        self.hooks = []
         return self.history
 
     def train_epoch(self, epoch: int) -> dict:

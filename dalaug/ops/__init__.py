@@ -7,6 +7,7 @@ Each takes ``(images (N, C, H, W) float, targets)`` with integer class indices (
 from dalaug.ops.base import Augmentation, BatchOp, ChoiceParams, RandomChoice, soft_targets
 from dalaug.ops.cutout import Cutout, CutoutParams
 from dalaug.ops.erasing import RandomErasing
+from dalaug.ops.manifold import ManifoldHandle, ManifoldMixup, ManifoldParams
 from dalaug.ops.mixing import BoxParams, CutMix, Mixup, MixupParams
 from dalaug.ops.saliency import SaliencyMix, saliency_peaks, spectral_residual_saliency
 
@@ -18,6 +19,9 @@ __all__ = [
     "CutMix",
     "Cutout",
     "CutoutParams",
+    "ManifoldHandle",
+    "ManifoldMixup",
+    "ManifoldParams",
     "Mixup",
     "MixupParams",
     "RandomChoice",
