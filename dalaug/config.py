@@ -52,7 +52,7 @@ class LoaderConfig:
     device: torch.device | None = None
     seed: int = 0
     num_threads: int | None = None
-    io_threads: int = 16
+    io_threads: int = 4
     prefetch: int = 2
     roi_decode: bool = True
     max_bad_fraction: float = 0.001
