@@ -25,7 +25,9 @@ EPOCHS = 2
 
 def make_loader(data: str) -> dalaug.Loader:
     # One DALI thread and a policy: the pixels are bit-for-bit reproducible and worth checking.
-    return dalaug.Loader(data, 8, train=True, crop=32, device="cpu", seed=7, policy="autoaugment", num_threads=1)
+    return dalaug.Loader(
+        data, 8, train=True, crop=32, device="cpu", seed=7, policy="autoaugment", num_threads=1
+    )
 
 
 def record(loader: dalaug.Loader, images: torch.Tensor) -> dict:
