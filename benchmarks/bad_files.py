@@ -10,10 +10,8 @@ of the first epoch or between the first two. Writes section ``bad-files`` of BEN
 from __future__ import annotations
 
 import argparse
-import io
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -24,21 +22,6 @@ from pathlib import Path
 from benchmarks.report import machine, markdown_table, write_section
 
 WORKER = Path(__file__).resolve().parent.parent / "tests" / "bad_files_worker.py"
-
-
-def shards_of(folder: Path, root: Path) -> Path:
-    files = sorted(folder.rglob("*.jpg"))
-    for shard in range(4):
-        with tarfile.open(root / f"shard-{shard}.tar", "w") as tar:
-            for index, path in enumerate(files[shard::4]):
-                for name, data in (
-                    (f"{index:05d}.jpg", path.read_bytes()),
-                    (f"{index:05d}.cls", b"%d" % (index % 4)),
-                ):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    return root
 
 
 def outcome(command: list[str]) -> str:
@@ -53,7 +36,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
     sys.path.insert(0, str(WORKER.parent))
-    from bad_files_worker import FILE_MODES, SHARD_MODES
+    from bad_files_worker import FILE_MODES, SHARD_MODES, write_shards
 
     from dalaug.datasets import write_photo_folder
 
@@ -61,7 +44,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_photo_folder(Path(tmp) / "jpegs", 128, num_classes=4, short_side=(40, 64))
         (Path(tmp) / "shards").mkdir()
-        shards = shards_of(Path(folder), Path(tmp) / "shards")
+        shards = write_shards(Path(folder), Path(tmp) / "shards")
         cases = [(mode, moment) for mode in (*FILE_MODES, *SHARD_MODES) for moment in ("mid", "between")]
         commands = {
             case: [

@@ -14,9 +14,11 @@ exception naming the files (acceptable where nothing can be recovered: a shard r
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -28,6 +30,22 @@ from dalaug.loader import DecodeError
 FILE_MODES = ("deleted", "truncated", "overwritten", "unreadable")
 SHARD_MODES = ("shard_truncated", "shard_rewritten")
 EPOCHS = 6
+
+
+def write_shards(folder: Path, root: Path, count: int = 4) -> Path:
+    """The JPEGs under ``folder`` as ``count`` WebDataset shards in ``root`` (labels: index % 4)."""
+    files = sorted(Path(folder).rglob("*.jpg"))
+    for shard in range(count):
+        with tarfile.open(root / f"shard-{shard}.tar", "w") as tar:
+            for index, path in enumerate(files[shard::count]):
+                for name, data in (
+                    (f"{index:05d}.jpg", path.read_bytes()),
+                    (f"{index:05d}.cls", b"%d" % (index % 4)),
+                ):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return root
 
 
 def spoil(path: Path, mode: str, rng: np.random.Generator) -> None:

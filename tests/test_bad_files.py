@@ -9,16 +9,14 @@ fails the test. benchmarks/bad_files.py counts 20 runs of each case.
 
 from __future__ import annotations
 
-import io
 import signal
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 import torch
-from bad_files_worker import FILE_MODES, SHARD_MODES
+from bad_files_worker import FILE_MODES, SHARD_MODES, write_shards
 
 HERE = Path(__file__).parent
 RUNS = 3
@@ -34,19 +32,7 @@ def jpeg_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shard_folder(jpeg_folder, tmp_path_factory):
     """The same photos as four WebDataset shards."""
-    root = tmp_path_factory.mktemp("bad-shards")
-    files = sorted(p for p in Path(jpeg_folder).rglob("*.jpg"))
-    for shard in range(4):
-        with tarfile.open(root / f"shard-{shard}.tar", "w") as tar:
-            for index, path in enumerate(files[shard::4]):
-                for name, data in (
-                    (f"{index:05d}.jpg", path.read_bytes()),
-                    (f"{index:05d}.cls", b"%d" % (index % 4)),
-                ):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    return root
+    return write_shards(jpeg_folder, tmp_path_factory.mktemp("bad-shards"))
 
 
 def run_worker(data: Path, mode: str, moment: str, device: str = "cpu") -> subprocess.CompletedProcess:
