@@ -46,13 +46,27 @@ class Samples:
         return f"{self.paths[index]}@{self.offsets[index]}"
 
     def read(self, index: int) -> np.ndarray:
-        """The encoded bytes of sample ``index`` as a uint8 array."""
-        path, offset, size = self.paths[index], int(self.offsets[index]), int(self.sizes[index])
-        if offset < 0:
-            return np.fromfile(path, dtype=np.uint8)
-        with open(path, "rb") as file:
-            file.seek(offset)
-            return np.frombuffer(file.read(size), dtype=np.uint8)
+        """The encoded bytes of sample ``index`` as a uint8 array (shorter if the file shrank).
+
+        One ``preadv`` into a fresh array: the read releases the GIL and copies once, where
+        ``np.fromfile`` read a 40 KB JPEG 3-4x slower through stdio's small buffered reads, and
+        reading threads wait on each other for the GIL.
+        """
+        offset, size = int(self.offsets[index]), int(self.sizes[index])
+        descriptor = os.open(self.paths[index], os.O_RDONLY)
+        try:
+            if offset < 0:
+                offset, size = 0, os.fstat(descriptor).st_size
+            data = np.empty(size, np.uint8)
+            done = 0
+            while done < size:
+                count = os.preadv(descriptor, [data[done:]], offset + done)
+                if count == 0:
+                    return data[:done]
+                done += count
+            return data
+        finally:
+            os.close(descriptor)
 
     def without(self, indices) -> Samples:
         """The table less the samples ``indices`` (ids are renumbered)."""
