@@ -117,6 +117,12 @@ def soft_targets(targets: Tensor, num_classes: int | None = None, label_smoothin
         tensor([[1., 0., 0.],
                 [0., 0., 1.]])
     """
+    return _converted(targets, num_classes, check_targets(targets, num_classes, label_smoothing))
+
+
+def check_targets(targets: object, num_classes: int | None, label_smoothing: float) -> float:
+    """Raise what ``soft_targets`` would raise about its arguments, on the host alone (no kernel);
+    return the smoothing as a float."""
     smoothing = check_real("label_smoothing", label_smoothing)
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"label_smoothing must lie in [0, 1), got {smoothing}")
@@ -131,22 +137,26 @@ def soft_targets(targets: Tensor, num_classes: int | None = None, label_smoothin
             raise ValueError(f"soft targets must be 2-D (B, C), got shape {tuple(targets.shape)}")
         if num_classes is not None and targets.shape[1] != num_classes:
             raise ValueError(f"targets have {targets.shape[1]} classes but num_classes is {num_classes}")
-        if smoothing == 0.0:
-            return targets
-        return targets * (1.0 - smoothing) + smoothing / targets.shape[1]
+        return smoothing
     if targets.ndim != 1:
         raise ValueError(f"integer targets must be 1-D (B,), got shape {tuple(targets.shape)}")
     if num_classes is None:
         raise ValueError("num_classes is required to turn integer targets into soft targets")
-    on_cpu = targets.device.type == "cpu"
-    if on_cpu and targets.numel() > 0:
+    if targets.device.type == "cpu" and targets.numel() > 0:
         values = targets.tolist()  # on the CPU already: no sync, and cheaper than a reduction
         low, high = min(values), max(values)
         if low < 0 or high >= num_classes:
             raise ValueError(
                 f"targets must lie in [0, num_classes={num_classes}), got values in [{low}, {high}]"
             )
-    return smoothed_one_hot(targets, num_classes, smoothing, mark_invalid=not on_cpu)
+    return smoothing
+
+
+def _converted(targets: Tensor, num_classes: int | None, smoothing: float) -> Tensor:
+    """``soft_targets`` for arguments ``check_targets`` passed."""
+    if targets.is_floating_point():
+        return targets if smoothing == 0.0 else targets * (1.0 - smoothing) + smoothing / targets.shape[1]
+    return smoothed_one_hot(targets, num_classes, smoothing, mark_invalid=targets.device.type != "cpu")
 
 
 def smoothed_one_hot(targets: Tensor, num_classes: int, smoothing: float, *, mark_invalid: bool) -> Tensor:
@@ -342,8 +352,11 @@ class Augmentation(BatchOp):
         Returns:
             ``(images, soft_targets)``: images in the input's memory format, soft targets (N, C).
         """
-        soft = self._soft_targets(images, targets)
-        return self._apply_images(images, params), self._mix_targets(soft, params)
+        # Every check runs on the host before a pixel moves; then the batch-sized kernels go first,
+        # so that on CUDA the label kernels' launches overlap them instead of idling the device.
+        smoothing = self._check(images, targets)
+        mixed = self._apply_images(images, params)
+        return mixed, self._mix_targets(_converted(targets, self.num_classes, smoothing), params)
 
     def passthrough(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """The images unchanged and their soft targets: what a call returns when disabled."""
@@ -368,13 +381,17 @@ class Augmentation(BatchOp):
         return super().__call__(images, targets, generator=generator)
 
     def _soft_targets(self, images: Tensor, targets: Tensor) -> Tensor:
+        return _converted(targets, self.num_classes, self._check(images, targets))
+
+    def _check(self, images: Tensor, targets: Tensor) -> float:
+        """Check the batch and its targets on the host; return the label smoothing."""
         check_images(images)
-        soft = soft_targets(targets, self.num_classes, self.label_smoothing)
-        if soft.shape[0] != images.shape[0]:
-            raise ValueError(f"targets hold {soft.shape[0]} samples but images hold {images.shape[0]}")
-        if soft.device != images.device:
-            raise ValueError(f"targets are on {soft.device} but images are on {images.device}")
-        return soft
+        smoothing = check_targets(targets, self.num_classes, self.label_smoothing)
+        if targets.shape[0] != images.shape[0]:
+            raise ValueError(f"targets hold {targets.shape[0]} samples but images hold {images.shape[0]}")
+        if targets.device != images.device:
+            raise ValueError(f"targets are on {targets.device} but images are on {images.device}")
+        return smoothing
 
     @abstractmethod
     def _sample(self, images: Tensor, rng: np.random.Generator) -> Params: ...
