@@ -137,17 +137,17 @@ class Mixup(Augmentation):
 
     def _sample(self, images: Tensor, rng: np.random.Generator) -> MixupParams:
         batch = images.shape[0]
-        n = batch if self.per_sample else 1
-        applied = rng.random(n) < self.p
-        lam = np.where(applied, exact_weight(rng.beta(self.alpha, self.alpha, n), images.dtype), 1.0)
+        size = batch if self.per_sample else None  # scalars for one λ per batch: less host time
+        applied = rng.random(size) < self.p
+        lam = np.where(applied, exact_weight(rng.beta(self.alpha, self.alpha, size), images.dtype), 1.0)
         label_lam = lam
         if self.label_alpha is not None:
-            label_lam = np.where(applied, rng.beta(self.label_alpha, self.label_alpha, n), 1.0)
+            label_lam = np.where(applied, rng.beta(self.label_alpha, self.label_alpha, size), 1.0)
         partner = draw_partner(batch, self.partner, rng)
         mirrored = self.partner == "flip"
         if not self.per_sample:
             partner_t = partner_tensor(partner, self.partner, images.device)
-            return MixupParams(float(lam[0]), float(label_lam[0]), partner_t, mirrored)
+            return MixupParams(float(lam), float(label_lam), partner_t, mirrored)
         lam_t, label_t, partner_t = to_device(
             [lam.astype(np.float32), label_lam.astype(np.float32), partner], images.device
         )
@@ -228,23 +228,25 @@ class CutMix(Augmentation):
     def _draw_sizes(
         self, images: Tensor, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Box sides (n,) each, 0 where not applied, and the partners (B,): host arrays."""
-        n = images.shape[0] if self.per_sample else 1
-        applied = rng.random(n) < self.p
-        box_h, box_w = cut_sizes(rng.beta(self.alpha, self.alpha, n), *images.shape[-2:])
+        """Box sides, 0 where not applied, and the partners (B,), on the host: arrays (B,) per
+        sample, or scalars for one box per batch (numpy on scalars costs a fraction of size-1 arrays,
+        and host time is what a call costs on the GPU)."""
+        size = images.shape[0] if self.per_sample else None
+        applied = rng.random(size) < self.p
+        box_h, box_w = cut_sizes(rng.beta(self.alpha, self.alpha, size), *images.shape[-2:])
         return box_h * applied, box_w * applied, draw_partner(images.shape[0], self.partner, rng)
 
     def _sample(self, images: Tensor, rng: np.random.Generator) -> BoxParams:
         height, width = images.shape[-2:]
         box_h, box_w, partner = self._draw_sizes(images, rng)
-        n = box_h.shape[0]
-        centre_y, centre_x = rng.integers(0, height, n), rng.integers(0, width, n)
+        size = images.shape[0] if self.per_sample else None
+        centre_y, centre_x = rng.integers(0, height, size), rng.integers(0, width, size)
         boxes = boxes_around(centre_y, centre_x, box_h, box_w, height, width)
         mirrored = self.partner == "flip"
         if not self.per_sample:
             partner_t = partner_tensor(partner, self.partner, images.device)
-            box = tuple(int(edge) for edge in boxes[0])
-            return BoxParams(box, float(kept_fraction(boxes[0], height, width)), partner_t, mirrored)
+            box = tuple(int(edge) for edge in boxes)
+            return BoxParams(box, float(kept_fraction(boxes, height, width)), partner_t, mirrored)
         boxes_t, lam_t, partner_t = to_device(
             [boxes, kept_fraction(boxes, height, width), partner], images.device
         )

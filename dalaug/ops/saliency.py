@@ -200,7 +200,7 @@ class SaliencyMix(CutMix):
             partner_t = partner_tensor(partner, self.partner, images.device)
             first = int(partner[0])  # the official recipe: the map of sample 0's partner
             peaks = saliency_peaks(images[first : first + 1])
-            box_h, box_w = int(box_h[0]), int(box_w[0])
+            box_h, box_w = int(box_h), int(box_w)
         boxes = boxes_around(peaks[:, 0], peaks[:, 1], box_h, box_w, height, width)
         lam = kept_fraction(boxes, height, width).expand(batch)
         return BoxParams(boxes, lam, partner_t, mirrored)
