@@ -64,10 +64,21 @@ class Trainer:
         out: run folder (config, metrics, checkpoint, plot); written by rank 0 only.
         device: None (CUDA if available), ``"cpu"`` or ``"cuda"``.
         resume: continue from ``out/checkpoint.pt`` if it exists.
+        eval_every: evaluate and measure the gap after every ``eval_every``-th epoch and after the
+            last epoch of each phase only (1: every epoch). Grids of many short runs spend most of
+            their time evaluating otherwise.
+        checkpoint: write ``out/checkpoint.pt`` after each epoch (False: a run that is not resumed).
+        progress: show a progress bar per epoch.
     """
 
-    def __init__(self, recipe: Recipe, out: str | Path, device: str | None = None, resume: bool = False):
+    def __init__(
+        self, recipe: Recipe, out: str | Path, device: str | None = None, resume: bool = False, *,
+        eval_every: int = 1, checkpoint: bool = True, progress: bool = True,
+    ):  # fmt: skip
+        if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
+            raise ValueError(f"eval_every: expected a positive int, got {eval_every!r}")
         self.recipe = recipe
+        self.eval_every, self.checkpoint, self.progress = eval_every, checkpoint, progress
         self.out = Path(out)
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -168,14 +179,17 @@ class Trainer:
                 self.schedule.load_state_dict({"epoch": epoch})
                 break
             record = self.train_epoch(epoch)
-            record.update(self.evaluate())
-            record.update(self.measure_gap())
+            _, phase, in_phase = self.schedule.phase_at(epoch)
+            if (epoch + 1) % self.eval_every == 0 or in_phase == phase.epochs - 1:
+                record.update(self.evaluate())
+                record.update(self.measure_gap())
             self.history.append(record)
             if self.rank == 0:
                 with open(self.out / "metrics.jsonl", "a") as file:
                     file.write(json.dumps(record) + "\n")
                 log.info(_format(record))
-            self._save(epoch)
+            if self.checkpoint:
+                self._save(epoch)
         self.schedule.close()
         for hooks in self.hooks:
             hooks.detach()
@@ -190,7 +204,8 @@ class Trainer:
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         seen, start = 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch} [{phase.name or index}]", disable=self.rank != 0, leave=False)
+        quiet = self.rank != 0 or not self.progress
+        bar = tqdm(loader, desc=f"epoch {epoch} [{phase.name or index}]", disable=quiet, leave=False)
         for step, (images, targets) in enumerate(bar):
             lr = self.schedule.lr_at(epoch, recipe.base_lr(epoch + step / len(loader)))
             for group in self.optimizer.param_groups:
