@@ -34,11 +34,13 @@ MAX_AHEAD = 16  # batches read ahead of the one DALI asks for
 
 @dataclass
 class Issued:
-    """A batch handed to DALI: its position, sample ids and bytes (kept alive until taken out)."""
+    """A batch handed to DALI: its position, sample ids, bytes and labels (kept alive until the
+    batch is out: DALI reads them where they are, ``no_copy``)."""
 
     position: Position
     ids: np.ndarray
     data: list[np.ndarray]
+    labels: np.ndarray
     stale: bool = False
 
 
@@ -104,10 +106,11 @@ class BatchReader:
             self.found_bad.update(bad)
             self.feed.exclude(bad)
             self._reads.clear()
-        self.issued.append(Issued(position, ids, data))
+        labels = self.feed.samples.labels[ids].astype(np.int32)
+        self.issued.append(Issued(position, ids, data, labels))
         self.cursor = self._after(position)
         self._read_ahead()
-        return data, self.feed.samples.labels[ids].astype(np.int32)
+        return data, labels
 
     # --- reading ahead --------------------------------------------------------------------------
 
