@@ -64,5 +64,8 @@ def test_epochs_of_swaps_keep_memory_fds_and_threads_flat(tmp_path, epochs):
         f"threads {threads[WARMUP]} -> {threads[-1]} (max {max(threads)})"
     )
     assert slope < MAX_SLOPE_MIB_PER_EPOCH, f"host memory grows {slope:.2f} MiB per epoch"
-    assert max(fds[WARMUP:]) <= fds[WARMUP] + 2, fds
+    # The reader's threads may hold a file open each while they read the next epoch ahead: a
+    # leak grows without bound, this does not.
+    reading = loader.config.io_threads
+    assert max(fds[WARMUP:]) <= fds[WARMUP] + 2 + reading and fds[-1] <= fds[WARMUP] + 2 + reading, fds
     assert max(threads[WARMUP:]) <= threads[WARMUP] + 2, threads
