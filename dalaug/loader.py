@@ -22,6 +22,7 @@ A run resumes mid-epoch from ``loader.state_dict()``: the position, the samples 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -527,18 +528,7 @@ def _check_operators(operators) -> list[BatchOp]:
 
 def _on(device: torch.device):
     """DALI hands batches to torch on the current CUDA device of the calling thread: make it ours."""
-    return torch.cuda.device(device) if device.type == "cuda" else _NULL
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
-_NULL = _Null()
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _sharding() -> Sharding:
