@@ -134,6 +134,25 @@ def test_min_variance_data_statistics():
         S.min_variance_data(10, 0, dim=7)
 
 
+def test_spurious_digits_mark_the_class_in_training_images_only():
+    train, test = S.spurious_digits(0, classes=10, gamma=0.1)
+    assert train.x.shape[1:] == test.x.shape[1:] == (1, 8, 8)
+    assert len(train) + len(test) == 1797 and set(train.y.tolist()) == set(range(10))
+    spurious = train.x.flatten(1)[:, :10]
+    # Zero variance given the class, and the class is the pixel that is +γ.
+    assert torch.allclose(spurious, 0.1 * (2 * torch.nn.functional.one_hot(train.y, 10) - 1))
+    assert torch.equal(spurious.argmax(dim=1), train.y)
+    # The test images keep their own pixels there: no class read off them.
+    clean = test.x.flatten(1)[:, :10]
+    assert not torch.allclose(clean.abs(), torch.full_like(clean, 0.1))
+    assert (clean.argmax(dim=1) == test.y).float().mean() < 0.5
+    # The rest of each training image is the standardised digit, untouched; splits differ by seed.
+    assert abs(train.x.flatten(1)[:, 10:].mean().item()) < 0.2
+    assert not torch.equal(S.spurious_digits(1)[1].y, test.y)
+    with pytest.raises(ValueError, match="classes"):
+        S.spurious_digits(0, classes=11)
+
+
 def test_patch_cutout_zeroes_whole_patches():
     images = torch.rand(8, 4, 8, 8) + 1.0
     targets = torch.randint(0, 3, (8,))
