@@ -36,10 +36,16 @@ def apply_operators(
         >>> soft.shape
         torch.Size([4, 3])
     """
-    soft = soft_targets(targets, num_classes, label_smoothing)
+    return run_operators(operators, images, soft_targets(targets, num_classes, label_smoothing), generator)
+
+
+def run_operators(
+    operators: Sequence[Callable[..., Any]], images: Tensor, targets: Tensor, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Each operator on the previous one's output, dalaug's drawing from ``generator``."""
     for op in operators:
         if isinstance(op, BatchOp):
-            images, soft = op(images, soft, generator=generator)
+            images, targets = op(images, targets, generator=generator)
         else:
-            images, soft = op(images, soft)
-    return images, soft
+            images, targets = op(images, targets)
+    return images, targets

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dalaug.ops import BatchOp
+from dalaug.compose import run_operators
 
 
 @dataclass(frozen=True)
@@ -114,11 +114,7 @@ def measure_gap(
                 else:
                     aug_images, aug_targets = _matching(index, targets, others, clean, augmented)
                     aug_images, aug_targets = _to(aug_images, device), _to(aug_targets, device)
-                for op in operators:
-                    if isinstance(op, BatchOp):
-                        aug_images, aug_targets = op(aug_images, aug_targets, generator=generator)
-                    else:
-                        aug_images, aug_targets = op(aug_images, aug_targets)
+                aug_images, aug_targets = run_operators(operators, aug_images, aug_targets, generator)
                 # Sums stay on the device; one read at the end instead of a sync per batch.
                 logits = model(images)
                 # Unchanged images (no operator applied): the same logits, not a second forward

@@ -17,7 +17,22 @@ import re
 
 import numpy as np
 
-__all__ = ["check_encoded"]
+__all__ = ["check_encoded", "sniff"]
+
+# Leading bytes of the formats a data set may hold, most specific first.
+MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),  # BigTIFF
+    (b"MM\x00+", "TIFF"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+)
 
 # Writers may pad after the end marker (zero bytes, 0xFF fill, a newline); anything else after it
 # within this window means the end marker seen is not the file's.
@@ -55,24 +70,29 @@ def check_encoded(data: np.ndarray) -> str | None:
         return "empty file"
     data = np.ascontiguousarray(data, np.uint8).reshape(-1)
     head = data[:64].tobytes()
-    if head.startswith(b"\xff\xd8\xff"):
-        return _check_jpeg(data)
-    if head.startswith(_PNG_SIGNATURE):
-        return _check_png(data, head)
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return _check_webp(data, head)
-    if head.startswith(b"BM"):
-        return _check_bmp(data, head)
-    if head[:1] == b"P" and head[1:2] in b"123456" and len(head) > 2:
-        return _check_pnm(data)
-    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
-        return _check_tiff(data, head)
-    if head.startswith((b"GIF87a", b"GIF89a")):
+    kind = sniff(head)
+    if kind == "GIF":
         return "GIF image (DALI has no GIF decoder)"
-    return f"not an image (starts with {_show(head[:8])})"
+    check = _CHECKS.get(kind)
+    if check is None:
+        return f"not an image (starts with {_show(head[:8])})"
+    return check(data, head)
 
 
-def _check_jpeg(data: np.ndarray) -> str | None:
+def sniff(data: np.ndarray | bytes) -> str:
+    """The image format the bytes start with ("JPEG", "PNG", "GIF", ...), or "unknown"."""
+    head = bytes(data[:16])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if len(head) >= 2 and head[:1] == b"P" and head[1:2] in b"123456":
+        return "PNM"
+    for magic, name in MAGIC:
+        if head.startswith(magic):
+            return name
+    return "unknown"
+
+
+def _check_jpeg(data: np.ndarray, head: bytes) -> str | None:
     # Walk the marker segments up to the first scan: random bytes after a valid SOI break the chain.
     view, size = memoryview(data), data.size
     pos, frame = 2, False
@@ -146,8 +166,8 @@ def _check_bmp(data: np.ndarray, head: bytes) -> str | None:
     return None
 
 
-def _check_pnm(data: np.ndarray) -> str | None:
-    head = data[:256].tobytes()
+def _check_pnm(data: np.ndarray, head: bytes) -> str | None:
+    head = data[:256].tobytes()  # a PNM header can run past the first 64 bytes
     size = _PNM_SIZE.match(head)
     if size is None:
         return "corrupt PNM (unreadable header)"
@@ -238,3 +258,10 @@ def _show(head: bytes) -> str:
     if text.isprintable():
         return repr(text)
     return head.hex(" ")
+
+
+# What each format's bytes must show; sniff() decides which applies.
+_CHECKS = {
+    "JPEG": _check_jpeg, "PNG": _check_png, "WebP": _check_webp, "BMP": _check_bmp,
+    "PNM": _check_pnm, "TIFF": _check_tiff,
+}  # fmt: skip

@@ -26,20 +26,9 @@ from pathlib import Path
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
+from dalaug.integrity import sniff
 from dalaug.sources import Samples, resolve_source
 
-# Leading bytes of the formats a data set may hold, most specific first.
-MAGIC = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
-    (b"\xff\x4f\xff\x51", "JPEG 2000"),
-)
 # What each extension should hold, to note files whose name does not match their bytes.
 EXTENSION_FORMATS = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF",
@@ -47,19 +36,6 @@ EXTENSION_FORMATS = {
 }  # fmt: skip
 DEFAULT_REPORT = "dalaug-verify.json"
 _CHUNK = 32  # samples per task: large enough to amortize a pipeline build, small for the progress bar
-
-
-def sniff(data: np.ndarray | bytes) -> str:
-    """The image format the bytes start with ("JPEG", "PNG", "GIF", ...), or "unknown"."""
-    head = bytes(data[:16])
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WebP"
-    if len(head) >= 2 and head[:1] == b"P" and head[1:2] in b"123456":
-        return "PNM"
-    for magic, name in MAGIC:
-        if head.startswith(magic):
-            return name
-    return "unknown"
 
 
 @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)

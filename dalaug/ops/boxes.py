@@ -9,6 +9,7 @@ broadcast mask and one ``where`` over the batch, without reading anything back o
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,17 @@ def cut_sizes(lam: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.
     """
     ratio = np.sqrt(np.minimum(np.maximum(1.0 - lam, 0.0), 1.0))
     return np.floor(ratio * height).astype(np.int64), np.floor(ratio * width).astype(np.int64)
+
+
+def sides_for_area(
+    rng: np.random.Generator, scale: tuple[float, float], ratio: tuple[float, float], shape: tuple,
+    height: int, width: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Box sides (rounded, not clipped) of an area uniform in ``scale`` of the image and an aspect
+    ratio log-uniform in ``ratio``: the rectangle of torchvision's RandomErasing (and Cutout's ``scale``)."""
+    area = rng.uniform(*scale, shape) * (height * width)
+    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), shape))
+    return np.round(np.sqrt(area * aspect)), np.round(np.sqrt(area / aspect))
 
 
 def boxes_around(centre_y: Any, centre_x: Any, box_h: Any, box_w: Any, height: int, width: int) -> Any:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from dalaug.ops.base import Augmentation, Params, check_count, check_range, check_real
-from dalaug.ops.boxes import box_mask, boxes_around
+from dalaug.ops.boxes import box_mask, boxes_around, sides_for_area
 from dalaug.ops.sampling import to_device
 
 
@@ -118,11 +118,10 @@ class Cutout(Augmentation):
                 raise ValueError(f"size {self.size} is larger than the images ({height}, {width})")
             box_h, box_w = np.full(shape, self.size[0]), np.full(shape, self.size[1])
         else:
-            area = rng.uniform(*self.scale, shape) * (height * width)
-            ratio = np.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), shape))
+            box_h, box_w = sides_for_area(rng, self.scale, self.ratio, shape, height, width)
             # At least one pixel, so a hole never vanishes on a small image; at most the image.
-            box_h = np.clip(np.round(np.sqrt(area * ratio)), 1, height).astype(np.int64)
-            box_w = np.clip(np.round(np.sqrt(area / ratio)), 1, width).astype(np.int64)
+            box_h = np.clip(box_h, 1, height).astype(np.int64)
+            box_w = np.clip(box_w, 1, width).astype(np.int64)
         applied = (rng.random(batch) < self.p)[:, None]
         centre_y, centre_x = rng.integers(0, height, shape), rng.integers(0, width, shape)
         holes = boxes_around(centre_y, centre_x, box_h * applied, box_w * applied, height, width)

@@ -19,6 +19,7 @@ import numpy as np
 from torch import Tensor
 
 from dalaug.ops.base import Augmentation, check_range, check_real
+from dalaug.ops.boxes import sides_for_area
 from dalaug.ops.cutout import CutoutParams, draw_noise, erase
 from dalaug.ops.sampling import to_device
 
@@ -80,10 +81,8 @@ class RandomErasing(Augmentation):
     def _sample(self, images: Tensor, rng: np.random.Generator) -> CutoutParams:
         batch, _, height, width = images.shape
         shape = (batch, ATTEMPTS)
-        area = rng.uniform(*self.scale, shape) * (height * width)
-        ratio = np.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), shape))
-        box_h = np.round(np.sqrt(area * ratio)).astype(np.int64)
-        box_w = np.round(np.sqrt(area / ratio)).astype(np.int64)
+        box_h, box_w = sides_for_area(rng, self.scale, self.ratio, shape, height, width)
+        box_h, box_w = box_h.astype(np.int64), box_w.astype(np.int64)
         fits = (box_h < height) & (box_w < width)
         first = fits.argmax(1)  # the first attempt that fits (0 if none does: then not applied)
         rows = np.arange(batch)
