@@ -1,7 +1,7 @@
 """Reading files off the training thread: dalaug's loader against DALI's own file reader (issue 12).
 
-dalaug reads each batch's files in its I/O threads (:class:`dalaug.reader.BatchReader`) and hands
-the bytes to DALI; a plain DALI pipeline reads them in its ``fn.readers.file`` thread. Both run the
+dalaug reads each batch's files in its worker processes (:mod:`dalaug.workers`) and hands the
+bytes to DALI; a plain DALI pipeline reads them in its ``fn.readers.file`` thread. Both run the
 same graph on the CPU (``decoders.image_random_crop``, ``resize``, ``crop_mirror_normalize``) with
 the same number of DALI threads (dalaug's default: the cores this process may use).
 
@@ -10,12 +10,18 @@ the same number of DALI threads (dalaug's default: the cores this process may us
    that include the pipeline's build. Target: dalaug <= 1.5x plain DALI.
 2. **Images/s to a GPU-bound consumer**, simulated by sleeping ``batch / 3000`` s after each batch
    (a ResNet-50 step on one H100 takes ~3,000 img/s), batch 256, on local files and with 1 ms added
-   to every file read (network storage: dalaug's ``loader.reader.read_bytes`` wrapped with a 1 ms
-   sleep). DALI's ``readers.file`` reads in C++ and offers no hook to slow its reads the same way,
-   so it is shown on local files only. Also each loader's rate with no consumer at all (its decode
-   ceiling), so that a shortfall can be told apart: I/O (1 ms below local) or decoding (local below
-   3,000). To keep decoding cheap enough for 3,000 img/s on few cores, this part uses small JPEGs
-   (short side 128-160) and a 112 px crop. Target: dalaug >= 2,700 img/s with 1 ms per read.
+   to every file read (network storage: dalaug's read workers wait 1 ms before each file,
+   ``DALAUG_SIMULATED_READ_LATENCY``). DALI's ``readers.file`` reads in C++ and offers no hook to
+   slow its reads the same way, so it is shown on local files only. Also each loader's rate with
+   no consumer at all (its decode ceiling), so that a shortfall can be told apart: I/O (1 ms below
+   local) or decoding (local below 3,000). To keep decoding cheap enough for 3,000 img/s on few
+   cores, this part uses small JPEGs (short side 128-160) and a 112 px crop. Target: dalaug >= 2,700
+   img/s with 1 ms per read.
+3. **The feed ceiling**: images/s DALI receives from the reading path when it decodes nothing
+   (``peek_image_shape`` only), batch 256, the ImageNet-like JPEGs: dalaug's reader with its worker
+   processes (the default), with ``io_workers=0`` (one reading thread in this process) and DALI's
+   ``readers.file``. On a GPU the decoders reach ~27k img/s (an H200, 16 threads): a reading path
+   that feeds less, or that holds the GIL the training loop needs, is what stalls the model.
 
 Each stream runs whole epochs back to back (one to warm up); the configurations alternate over
 ``--rounds`` and the table shows the median. Run: ``python -m benchmarks.bench_io [--images 2000]
@@ -25,7 +31,9 @@ Each stream runs whole epochs back to back (one to warm up); the configurations 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import statistics
 import sys
 import time
@@ -33,39 +41,40 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from nvidia.dali import fn, pipeline_def, types
 
 import dalaug
 from benchmarks.bench_gpu import Batches, dali_batches, epochs_of, photo_folder
 from benchmarks.report import machine, markdown_table, write_section
+from dalaug import workers
 
 CONSUMER_RATE = 3000  # images/s the simulated training step takes
 READ_DELAY = 0.001  # seconds added to each file read in the "1 ms per read" rows
 SMALL_CROP = 112
 
 
-def dalaug_batches(root: Path, batch: int, crop: int, epochs: int, read_delay: float = 0.0) -> Batches:
-    """dalaug's loader at its defaults on the CPU; ``read_delay`` seconds added to every file read."""
-    loader = dalaug.Loader(root, batch, train=True, crop=crop, device="cpu", seed=0)
-    return epochs_of(slow_down(loader, read_delay), epochs)
+def dalaug_batches(root: Path, batch: int, crop: int, epochs: int) -> Batches:
+    """dalaug's loader at its defaults on the CPU."""
+    return epochs_of(dalaug.Loader(root, batch, train=True, crop=crop, device="cpu", seed=0), epochs)
 
 
-def slow_down(loader: dalaug.Loader, read_delay: float) -> dalaug.Loader:
-    """Add ``read_delay`` seconds to each file read of ``loader`` (as network storage would)."""
-    if read_delay:
-        read = loader.reader.read_bytes
+@contextlib.contextmanager
+def read_latency(seconds: float):
+    """dalaug's read workers wait ``seconds`` before each file they open, as on network storage
+    (new workers start with the setting and stop after)."""
+    workers.shutdown()
+    os.environ[workers.LATENCY_VARIABLE] = str(seconds)
+    try:
+        yield
+    finally:
+        del os.environ[workers.LATENCY_VARIABLE]
+        workers.shutdown()
 
-        def slow_read(sample_id: int):
-            time.sleep(read_delay)
-            return read(sample_id)
 
-        loader.reader.read_bytes = slow_read
-    return loader
-
-
-def reader_rate(root: Path, batch: int, epochs: int, read_delay: float = 0.0) -> float:
-    """Images/s of dalaug's BatchReader alone (files read and checked in its I/O threads, no
+def reader_rate(root: Path, batch: int, epochs: int) -> float:
+    """Images/s of dalaug's BatchReader alone (files read and checked by its workers, no
     decoding), called batch after batch as DALI calls it: the I/O ceiling."""
-    loader = slow_down(dalaug.Loader(root, batch, train=True, device="cpu", seed=0), read_delay)
+    loader = dalaug.Loader(root, batch, train=True, device="cpu", seed=0)
     reader, per_epoch = loader.reader, len(loader)
     reader.restart((0, 0))
     count = 0
@@ -78,6 +87,10 @@ def reader_rate(root: Path, batch: int, epochs: int, read_delay: float = 0.0) ->
     rate = count / (time.perf_counter() - start)
     reader.close()
     return rate
+
+
+def loader_threads(root: Path) -> int:
+    return dalaug.Loader(root, 8, train=True, device="cpu").num_workers
 
 
 def plain_dali_batches(root: Path, batch: int, crop: int, epochs: int) -> Batches:
@@ -141,23 +154,86 @@ def compare_rates(
     per_epoch = images // batch
     streams: dict[str, Callable[[], Batches]] = {
         "dalaug, local files": lambda: dalaug_batches(root, batch, SMALL_CROP, epochs + 1),
-        "dalaug, 1 ms per read": lambda: dalaug_batches(root, batch, SMALL_CROP, epochs + 1, READ_DELAY),
+        "dalaug, 1 ms per read": lambda: dalaug_batches(root, batch, SMALL_CROP, epochs + 1),
         "DALI readers.file, local files": lambda: plain_dali_batches(root, batch, SMALL_CROP, epochs + 1),
     }
     runs: dict[tuple[str, bool], list[float]] = {}
     for _ in range(rounds):
         for consumer in (False, True):
             for name, make in streams.items():
-                runs.setdefault((name, consumer), []).append(rate(make(), per_epoch, consumer))
+                with read_latency(READ_DELAY if "1 ms" in name else 0.0):
+                    runs.setdefault((name, consumer), []).append(rate(make(), per_epoch, consumer))
                 print(f"  {name:32s} {'consumer' if consumer else 'no consumer':11s} "
                       f"{runs[name, consumer][-1]:7.0f} img/s", flush=True)  # fmt: skip
         for name, delay in (
             ("dalaug's reader alone, local files", 0.0),
             ("dalaug's reader alone, 1 ms per read", READ_DELAY),
         ):
-            runs.setdefault((name, False), []).append(reader_rate(root, batch, 3 * epochs, delay))
+            with read_latency(delay):
+                runs.setdefault((name, False), []).append(reader_rate(root, batch, 3 * epochs))
             print(f"  {name:36s} {runs[name, False][-1]:7.0f} img/s", flush=True)
     return {key: statistics.median(values) for key, values in runs.items()}
+
+
+# --- 3. the feed ceiling ---------------------------------------------------------------------------
+
+
+@pipeline_def
+def _feed_only(files: list[str] | None, source):
+    """The reading path and nothing after it (``peek_image_shape`` parses only the header)."""
+    if source is None:
+        encoded, labels = fn.readers.file(files=files, labels=list(range(len(files))), random_shuffle=True)
+    else:
+        encoded, labels = fn.external_source(
+            source=source, num_outputs=2, batch=True, batch_info=True, no_copy=True,
+            dtype=[types.UINT8, types.INT32],
+        )  # fmt: skip
+    return fn.peek_image_shape(encoded), labels
+
+
+def feed_rate(root: Path, batch: int, batches: int, io_workers: int | None) -> tuple[float, float]:
+    """(images/s DALI receives, training-thread CPU-ms per batch) from dalaug's reader with
+    ``io_workers`` (None: DALI's readers.file), after a warm-up epoch."""
+    loader = dalaug.Loader(root, batch, train=True, device="cpu", seed=0, io_workers=io_workers or 0)
+    source = None
+    if io_workers is not None:
+        reader = loader.reader
+        reader.restart((0, 0))
+
+        def source(info):  # as the loader uses it: hand a batch over, drop it once it is out
+            if reader.issued:
+                reader.take()
+            return reader(info)
+
+    pipe = _feed_only(list(loader.samples.paths), source, batch_size=batch, num_threads=loader.num_workers,
+                      device_id=None, prefetch_queue_depth=2)  # fmt: skip
+    pipe.build()
+    for _ in range(len(loader)):
+        pipe.run()
+    start, cpu = time.perf_counter(), time.thread_time()
+    for _ in range(batches):
+        pipe.run()
+    seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu
+    del pipe
+    loader.reader.close()
+    return batches * batch / seconds, 1000 * cpu / batches
+
+
+def compare_feeds(root: Path, batch: int, batches: int, rounds: int) -> list[list[object]]:
+    feeds = {"dalaug, 4 read workers (default)": 4, "dalaug, io_workers=0 (a thread of this process)": 0,
+             "DALI readers.file": None}  # fmt: skip
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in feeds}
+    for _ in range(rounds):
+        for name, io_workers in feeds.items():
+            runs[name].append(feed_rate(root, batch, batches, io_workers))
+            rate, ms = runs[name][-1]
+            print(f"  {name:48s} {rate:8.0f} img/s, {ms:.2f} ms/batch", flush=True)
+    best = statistics.median(rate for rate, _ in runs["DALI readers.file"])
+    rows = []
+    for name in feeds:
+        rate, ms = (statistics.median(values) for values in zip(*runs[name], strict=True))
+        rows.append([name, f"{rate:,.0f}", f"{rate / best:.2f}x", f"{ms:.2f}"])
+    return rows
 
 
 def main() -> None:
@@ -182,6 +258,8 @@ def main() -> None:
     thread_rows = compare_main_thread(photos, args.images, args.rounds, args.quick)
     print(f"2. images/s, batch {batch}, crop {SMALL_CROP}, small JPEGs", flush=True)
     rates = compare_rates(small, args.images, batch, args.epochs, args.rounds)
+    print(f"3. feed ceiling, batch {batch}, no decoding", flush=True)
+    feed_rows = compare_feeds(photos, batch, 8 if args.quick else 60, args.rounds)
 
     rate_rows = []
     for name in ("dalaug, local files", "dalaug, 1 ms per read", "DALI readers.file, local files"):
@@ -207,6 +285,10 @@ def main() -> None:
         ["loader", "no consumer (decode ceiling), img/s", f"{CONSUMER_RATE:,} img/s consumer, img/s"],
         rate_rows,
     )
+    feed_table = markdown_table(
+        ["reading path", "img/s DALI receives", "vs readers.file", "training-thread CPU-ms per batch"],
+        feed_rows,
+    )
     markdown = (
         f"## Reading files off the training thread: dalaug vs DALI's readers.file (CPU)\n\n"
         f"`{command}` on {machine()}; date {time.strftime('%Y-%m-%d')}; median of {args.rounds} "
@@ -216,7 +298,11 @@ def main() -> None:
         f"(short side 256-512), crop 224; target ratio <= 1.5x.\n\n{thread_table}\n\n"
         f"Images/s, batch {batch}, {args.images} small JPEGs (short side 128-160) and a "
         f"{SMALL_CROP} px crop so that decoding is cheap; one warm-up epoch, {args.epochs} timed; "
-        f"the consumer sleeps batch/{CONSUMER_RATE} s after each batch.\n\n{rate_table}\n\n{limit}\n"
+        f"the consumer sleeps batch/{CONSUMER_RATE} s after each batch.\n\n{rate_table}\n\n{limit}\n\n"
+        f"The feed ceiling: images/s a DALI pipeline receives when it decodes nothing "
+        f"(`peek_image_shape`), batch {batch}, the ImageNet-like JPEGs, {loader_threads(photos)} DALI "
+        f"threads. A GPU decodes ~27k img/s (H200, 16 threads): the reading path must feed more, "
+        f"and leave the GIL to the training loop.\n\n{feed_table}\n"
     )
     print("\n" + markdown, flush=True)
     if not args.quick:

@@ -7,24 +7,38 @@
 ...     images, soft = mix(images, targets)
 """
 
-from dalaug import checkpoint
-from dalaug.cifar import convert_cifar
-from dalaug.config import LoaderConfig
-from dalaug.gap import Gap, measure_gap
-from dalaug.loader import IMAGENET_MEAN, IMAGENET_STD, DecodeError, Loader
-from dalaug.ops import (
-    CutMix,
-    Cutout,
-    ManifoldMixup,
-    Mixup,
-    RandomChoice,
-    RandomErasing,
-    SaliencyMix,
-    soft_targets,
-)
-from dalaug.policies import AutoAugment, RandAugment, TimmRandAugment, TrivialAugment
-from dalaug.schedule import Fade, Phase, PhasedLoader, Schedule, early_stop, fade_out, refine
-from dalaug.verify import VerifyReport, verify
+import importlib
+
+# Where each public name lives. Imported on first use (PEP 562), so a process that needs one small
+# module (the file-reading workers import dalaug.workers) does not pay for torch and DALI.
+_EXPORTS = {
+    "dalaug.cifar": ("convert_cifar",),
+    "dalaug.config": ("LoaderConfig",),
+    "dalaug.gap": ("Gap", "measure_gap"),
+    "dalaug.loader": ("IMAGENET_MEAN", "IMAGENET_STD", "DecodeError", "Loader"),
+    "dalaug.ops": ("CutMix", "Cutout", "ManifoldMixup", "Mixup", "RandomChoice", "RandomErasing",
+                   "SaliencyMix", "soft_targets"),
+    "dalaug.policies": ("AutoAugment", "RandAugment", "TimmRandAugment", "TrivialAugment"),
+    "dalaug.schedule": ("Fade", "Phase", "PhasedLoader", "Schedule", "early_stop", "fade_out", "refine"),
+    "dalaug.verification": ("VerifyReport", "verify"),
+}  # fmt: skip
+_HOMES = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name == "checkpoint":  # a module of its own
+        value = importlib.import_module("dalaug.checkpoint")
+    elif name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+    else:
+        raise AttributeError(f"module 'dalaug' has no attribute {name!r}")
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "IMAGENET_MEAN",

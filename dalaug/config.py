@@ -27,7 +27,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last)
 
 # What does not change which samples come out or their pixels: left out of a saved state's identity.
-PERFORMANCE_FIELDS = ("device", "num_threads", "io_threads", "prefetch", "max_bad_fraction")
+PERFORMANCE_FIELDS = ("device", "num_threads", "io_workers", "prefetch", "max_bad_fraction")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +52,7 @@ class LoaderConfig:
     device: torch.device | None = None
     seed: int = 0
     num_threads: int | None = None
-    io_threads: int = 4
+    io_workers: int = 4
     prefetch: int = 2
     roi_decode: bool = True
     max_bad_fraction: float = 0.001
@@ -62,8 +62,10 @@ class LoaderConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        for name in ("batch_size", "crop", "prefetch", "io_threads"):
+        for name in ("batch_size", "crop", "prefetch"):
             _check_int(name, getattr(self, name))
+        if not isinstance(self.io_workers, int) or isinstance(self.io_workers, bool) or self.io_workers < 0:
+            raise ValueError(f"io_workers: expected an int >= 0, got {self.io_workers!r}")
         for name in ("num_threads", "resize"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name))

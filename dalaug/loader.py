@@ -44,7 +44,7 @@ from dalaug.ops import BatchOp
 from dalaug.policies import PolicyLike
 from dalaug.reader import BatchReader
 from dalaug.sources import Samples, resolve_source
-from dalaug.verify import decode_failures
+from dalaug.verification import decode_failures
 from dalaug.views import DatasetView, SamplerView
 
 log = logging.getLogger("dalaug")
@@ -102,9 +102,9 @@ class Loader:
             ``"cuda:N"``; resolved once, here.
         seed: seeds the order, the augmentation and the operators; the same seed gives the same batches.
         num_threads: DALI CPU threads (default: the cores this process may use, split by rank).
-        io_threads: threads reading and checking files ahead. Local files need few: every thread
-            also holds the GIL for its checks, and on 2 cores 2 threads read 14-17k files/s where
-            16 read 5-8k. Raise it for network storage, where threads mostly wait.
+        io_workers: processes reading and checking files ahead (shared by the process's loaders;
+            each reads one file at a time). Local files need few; raise it for network storage,
+            where they mostly wait. 0 reads in one thread of this process.
         prefetch: batches DALI prepares ahead.
         roi_decode: decode only the crop window (fast); False decodes whole images first.
         max_bad_fraction: how much of the data set may turn out bad before iterating raises
@@ -192,7 +192,7 @@ class Loader:
                 f"batch_size: {config.batch_size} is more than the {self.feed.samples_per_rank} samples "
                 f"of each of {sharding.world_size} rank(s), and drop_last leaves no batch"
             )
-        self.reader = BatchReader(self.feed, config.io_threads)
+        self.reader = BatchReader(self.feed, config.io_workers)
         self.generator = torch.Generator().manual_seed(config.seed * 1009 + sharding.rank)
         self.max_bad_fraction = float(config.max_bad_fraction)
         self.epoch = 0  # the epoch the next (or current) iteration serves

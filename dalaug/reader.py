@@ -1,4 +1,4 @@
-"""Reading each batch's bytes in I/O threads, checking them, and handing them to DALI in order.
+"""Reading each batch's bytes ahead (in worker processes), checked, and handing them to DALI in order.
 
 The loader's pipeline sees one endless stream of batches. Each position in it is ``(epoch,
 iteration)``; the reader hands DALI the batch at its cursor and moves the cursor on (the last batch
@@ -7,12 +7,15 @@ rebuilds anything. A jump (``seek``: another epoch, an epoch broken off) moves t
 batches DALI already holds for the old positions are marked stale and the loader drops them as
 they come out. Which samples make a position is :class:`~dalaug.feed.EpochFeed`'s pure function.
 
-File reads run in a pool of I/O threads, ahead of the cursor, never on the thread that iterates
-the loader (the one DALI calls the source from): a network file system's latency is paid by many
-reads at once. Each sample's bytes are checked before DALI sees them (:func:`check_encoded`): DALI
-2.4 can crash the process on bytes it cannot decode (issue 18), so a missing, unreadable, empty,
-truncated or non-image file is named and left out here, and the batch is completed with the next
-samples of the shard, exactly as the feed's exclusion rule says.
+File reads run ahead of the cursor in worker processes (:mod:`dalaug.workers`), never under this
+process's GIL and never on the thread that iterates the loader (the one DALI calls the source
+from): a network file system's latency is paid by many reads at once, and DALI gets views into the
+shared memory the workers read into. Each sample's bytes are checked before DALI sees them
+(:func:`~dalaug.integrity.check_encoded`): DALI 2.4 can crash the process on bytes it cannot decode
+(issue 18), so a missing, unreadable, empty, truncated or non-image file is named and left out here,
+and the batch is completed with the next samples of the shard, exactly as the feed's exclusion
+rule says. With ``workers=0`` one thread of this process reads (through :meth:`BatchReader.read_bytes`,
+which tests and benchmarks may replace).
 """
 
 from __future__ import annotations
@@ -24,12 +27,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dalaug import workers as read_workers
 from dalaug.feed import EpochFeed
-from dalaug.integrity import check_encoded
 
 Position = tuple[int, int]  # (epoch, iteration)
-CHUNK = 32  # samples read by one task: few tasks per batch, enough of them to keep the pool busy
+CHUNK = 64  # samples read by one task: few tasks per batch (each costs a round trip to a worker)
 MAX_AHEAD = 16  # batches read ahead of the one DALI asks for
+
+
+@dataclass
+class Read:
+    """A batch being read: its sample ids, its chunks' reads and the batch they make."""
+
+    ids: np.ndarray
+    chunks: list[Future]
+    batch: Future
+
+    def cancel(self) -> None:
+        for chunk in self.chunks:
+            chunk.cancel()  # a chunk already being read finishes; its result is dropped
 
 
 @dataclass
@@ -49,20 +65,21 @@ class BatchReader:
 
     Args:
         feed: the epoch order.
-        threads: I/O threads reading ahead.
+        workers: worker processes reading ahead (shared with the process's other loaders); 0
+            reads in one thread of this process.
     """
 
-    def __init__(self, feed: EpochFeed, threads: int) -> None:
+    def __init__(self, feed: EpochFeed, workers: int) -> None:
         self.feed = feed
         self.cursor: Position = (0, 0)  # the next position handed to DALI
         self.issued: collections.deque[Issued] = collections.deque()
         self.found_bad: dict[int, str] = {}  # sample id -> reason, for the loader to report
-        self._threads = threads
-        self._pool: ThreadPoolExecutor | None = None  # started when first needed, stopped by close()
-        self._assembler: ThreadPoolExecutor | None = None
-        # Enough batches ahead that every I/O thread has a chunk to read, within bounds on memory.
-        self._ahead = min(MAX_AHEAD, max(2, math.ceil(threads * CHUNK / feed.batch_size) + 1))
-        self._reads: dict[Position, tuple[np.ndarray, Future]] = {}
+        self._workers = workers
+        self._local: ThreadPoolExecutor | None = None  # the reading thread when workers == 0
+        self._assembler: ThreadPoolExecutor | None = None  # started when first needed
+        # Enough batches ahead that every worker has a chunk to read, within bounds on memory.
+        self._ahead = min(MAX_AHEAD, max(2, math.ceil(max(1, workers) * CHUNK / feed.batch_size) + 1))
+        self._reads: dict[Position, Read] = {}
 
     def restart(self, position: Position) -> None:
         """A new pipeline starts at ``position``: nothing is in flight."""
@@ -83,13 +100,14 @@ class BatchReader:
         return self.issued.popleft()
 
     def close(self) -> None:
-        """Stop the I/O threads (a later batch starts them again)."""
-        self._reads.clear()
+        """Drop the reads in flight and stop this reader's threads (a later batch starts them
+        again; the worker processes stay for the process's other loaders)."""
+        self._drop_reads()
         self.issued.clear()
-        for pool in (self._pool, self._assembler):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = self._assembler = None
+        for threads in (self._local, self._assembler):
+            if threads is not None:
+                threads.shutdown(wait=False, cancel_futures=True)
+        self._local = self._assembler = None
 
     def __call__(self, info) -> tuple[list[np.ndarray], np.ndarray]:
         # DALI's own (epoch_idx, iteration) are ignored: the stream never ends, the cursor decides.
@@ -97,15 +115,16 @@ class BatchReader:
         if position[1] >= self.feed.num_batches():  # an evaluation epoch shrank (files left out)
             position = (position[0] + 1, 0)
         while True:
-            ids, batch = self._reads.pop(position, None) or self._submit(position)
-            data, bad = batch.result()
+            read = self._reads.pop(position, None) or self._submit(position)
+            ids = read.ids
+            data, bad = read.batch.result()
             if not bad:
                 break
             # Left out from here on; the batch takes the next samples of the shard instead, and
             # the batches read ahead are read again (their samples have moved up by one).
             self.found_bad.update(bad)
             self.feed.exclude(bad)
-            self._reads.clear()
+            self._drop_reads()
         labels = self.feed.samples.labels[ids].astype(np.int32)
         self.issued.append(Issued(position, ids, data, labels))
         self.cursor = self._after(position)
@@ -116,7 +135,12 @@ class BatchReader:
 
     def _move(self, position: Position) -> None:
         self.cursor = position
-        self._reads.clear()  # reads already running finish on their own; their results are dropped
+        self._drop_reads()
+
+    def _drop_reads(self) -> None:
+        for read in self._reads.values():
+            read.cancel()
+        self._reads.clear()
 
     def _after(self, position: Position) -> Position:
         epoch, iteration = position
@@ -129,22 +153,26 @@ class BatchReader:
                 self._reads[position] = self._submit(position)
             position = self._after(position)
 
-    def _submit(self, position: Position) -> tuple[np.ndarray, Future]:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="dalaug-read")
-            # One thread puts each batch together once its chunks are read (it only waits on
-            # them, so it cannot starve the readers of threads).
+    def _submit(self, position: Position) -> Read:
+        if self._assembler is None:
+            # One thread puts each batch together once its chunks are read (it only waits).
             self._assembler = ThreadPoolExecutor(1, thread_name_prefix="dalaug-read-batch")
         ids = self.feed.batch_ids(*position)
-        chunks = [self._pool.submit(self._read_chunk, ids[start : start + CHUNK])
-                  for start in range(0, len(ids), CHUNK)]  # fmt: skip
-        return ids, self._assembler.submit(self._assemble, chunks)
+        chunks = [self._read_chunk(ids[start : start + CHUNK]) for start in range(0, len(ids), CHUNK)]
+        return Read(ids, chunks, self._assembler.submit(self._assemble, ids, chunks))
 
-    def _read_chunk(self, ids: np.ndarray) -> list[tuple[int, tuple[np.ndarray | None, str | None]]]:
-        return [(int(i), self._read(int(i))) for i in ids]
+    def _read_chunk(self, ids: np.ndarray) -> Future:
+        """A Future of ``[(bytes, None) or (None, why not)]``, one per sample of ``ids``."""
+        if self._workers:
+            samples = self.feed.samples
+            items = [(samples.paths[i], int(samples.offsets[i]), int(samples.sizes[i])) for i in ids]
+            return read_workers.pool(self._workers).submit(items)
+        if self._local is None:
+            self._local = ThreadPoolExecutor(1, thread_name_prefix="dalaug-read")
+        return self._local.submit(lambda: [read_workers.read_checked(self.read_bytes, int(i)) for i in ids])
 
     @staticmethod
-    def _assemble(chunks: list[Future]) -> tuple[list[np.ndarray], dict[int, str]]:
+    def _assemble(ids: np.ndarray, chunks: list[Future]) -> tuple[list[np.ndarray], dict[int, str]]:
         """The batch's arrays once its chunks are read, or the samples that failed their checks.
 
         A list, not a DALI TensorList: building one copies every byte while holding the GIL
@@ -152,26 +180,14 @@ class BatchReader:
         16-core GPU machine; DALI takes the list without a copy (``no_copy``).
         """
         data, bad = [], {}
-        for chunk in chunks:
-            for sample_id, (array, reason) in chunk.result():
-                if reason is None:
-                    data.append(array)
-                else:
-                    bad[sample_id] = reason
+        results = (result for chunk in chunks for result in chunk.result())
+        for sample_id, (array, reason) in zip(ids.tolist(), results, strict=True):
+            if reason is None:
+                data.append(array)
+            else:
+                bad[sample_id] = reason
         return data, bad
 
     def read_bytes(self, sample_id: int) -> np.ndarray:
+        """Sample ``sample_id``'s bytes, when this process reads (``workers=0``)."""
         return self.feed.samples.read(sample_id)
-
-    def _read(self, sample_id: int) -> tuple[np.ndarray | None, str | None]:
-        # A second read before giving up: a network file system's hiccup is not a bad file.
-        for _ in range(2):
-            try:
-                data = self.read_bytes(sample_id)
-            except OSError as error:
-                reason = f"cannot read: {error.strerror or error}"
-                continue
-            reason = check_encoded(data)
-            if reason is None:
-                return data, None
-        return None, reason

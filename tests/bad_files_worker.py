@@ -80,7 +80,7 @@ def run_once(data: Path, mode: str, moment: str, device: str, seed: int) -> int:
         shutil.copytree(data, root)
         shards = mode in SHARD_MODES
         loader = dalaug.Loader(
-            root, 32, train=True, crop=32, device=device, seed=seed, num_threads=2, io_threads=2,
+            root, 32, train=True, crop=32, device=device, seed=seed, num_threads=2, io_workers=2,
             max_bad_fraction=0.05,
         )  # fmt: skip
         files = sorted(set(loader.samples.paths))

@@ -79,8 +79,8 @@ def test_a_peek_costs_no_rebuild_and_the_next_epoch_is_whole(photo_folder):
     assert loader._generation == 1  # one pipeline built, for all of it
 
 
-def test_files_are_read_off_the_training_thread(photo_folder):
-    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu")
+def test_files_are_read_off_the_training_thread_also_without_workers(photo_folder):
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", io_workers=0)
     read, threads = loader.reader.read_bytes, set()
 
     def recording(index):

@@ -133,7 +133,8 @@ def test_a_broken_link_over_the_limit_fails_when_the_loader_is_built(data):
 
 
 def test_a_passing_read_error_is_read_again_and_a_lasting_one_is_named(data):
-    loader = dalaug.Loader(data, 4, train=False, crop=CROP, device="cpu")
+    # io_workers=0: the reads run in this process, where the test can make them fail.
+    loader = dalaug.Loader(data, 4, train=False, crop=CROP, device="cpu", io_workers=0)
     read, calls = loader.feed.samples.read, []
 
     def flaky(index):  # sample 9 arrives as garbage once, as from a hiccup of a network file system
@@ -144,14 +145,14 @@ def test_a_passing_read_error_is_read_again_and_a_lasting_one_is_named(data):
     assert sorted(torch.cat(run_epoch(loader)).tolist()) == list(range(60))
     assert calls.count(9) >= 2 and not loader.bad_samples
 
-    lasting = dalaug.Loader(data, 4, train=False, crop=CROP, device="cpu")
+    lasting = dalaug.Loader(data, 4, train=False, crop=CROP, device="cpu", io_workers=0)
     lasting.reader.read_bytes = lambda index: np.zeros(10, np.uint8) if index == 9 else read(index)
     with pytest.raises(DecodeError, match=f"{lasting.samples.name(9)}: not an image"):
         run_epoch(lasting)
 
 
 def test_a_dali_failure_on_bytes_that_then_decode_is_retried_once_and_a_lasting_one_raises(data, caplog):
-    loader = dalaug.Loader(data, 4, train=False, crop=CROP, device="cpu")
+    loader = dalaug.Loader(data, 4, train=False, crop=CROP, device="cpu", io_workers=0)
     read, calls = loader.feed.samples.read, []
     # A sound JPEG relabelled as lossless (SOF3): past the reader's checks, DALI cannot decode it.
     hollow = np.frombuffer(read(9).tobytes().replace(b"\xff\xc0", b"\xff\xc3", 1), np.uint8)
@@ -165,7 +166,7 @@ def test_a_dali_failure_on_bytes_that_then_decode_is_retried_once_and_a_lasting_
         assert sorted(torch.cat(run_epoch(loader)).tolist()) == list(range(60))
     assert "retrying once" in caplog.text and not loader.bad_samples
 
-    lasting = dalaug.Loader(data, 4, train=False, crop=CROP, device="cpu")
+    lasting = dalaug.Loader(data, 4, train=False, crop=CROP, device="cpu", io_workers=0)
     lasting.reader.read_bytes = lambda index: hollow if index == 9 else read(index)
     with pytest.raises(RuntimeError, match="Critical error") as error:
         run_epoch(lasting)

@@ -66,6 +66,6 @@ def test_epochs_of_swaps_keep_memory_fds_and_threads_flat(tmp_path, epochs):
     assert slope < MAX_SLOPE_MIB_PER_EPOCH, f"host memory grows {slope:.2f} MiB per epoch"
     # The reader's threads may hold a file open each while they read the next epoch ahead: a
     # leak grows without bound, this does not.
-    reading = loader.config.io_threads
+    reading = loader.config.io_workers
     assert max(fds[WARMUP:]) <= fds[WARMUP] + 2 + reading and fds[-1] <= fds[WARMUP] + 2 + reading, fds
     assert max(threads[WARMUP:]) <= threads[WARMUP] + 2, threads

@@ -1,0 +1,330 @@
+"""Worker processes that read and check samples' bytes, so that no file is read under this
+process's GIL.
+
+Reading a file from Python costs ~15 µs of interpreter time and checking its bytes ~6 µs more
+(:func:`~dalaug.integrity.check_encoded`). Done in threads of the training process, that work
+holds the GIL the training loop needs: on 2 cores 4 reading threads fed DALI 14-16k files/s, and
+on a 16-core H200 machine 16 of them held the loader near 8k img/s where DALI alone decoded 27k.
+Here each read runs in a worker process (a plain ``python -m dalaug.workers``: nothing of the
+training script, torch or DALI is imported there), which reads a chunk of samples straight into a
+fresh ``memfd`` (anonymous shared memory, not limited by a container's small /dev/shm), checks
+them there and hands the descriptor back over a Unix socket. This process maps it and gives DALI
+views into it: no byte is copied or touched under the GIL. The memory goes when the last view of
+the chunk does, that is when DALI has consumed the batch.
+
+The workers are shared by every loader of the process (stateless: a task names paths and byte
+ranges) and started on first use. One thread of this process waits on each worker's replies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import mmap
+import os
+import pickle
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+
+from dalaug.integrity import check_encoded
+
+__all__ = ["ReadPool", "read_file", "read_checked", "pool"]
+
+Item = tuple[str, int, int]  # (path, offset, size): a whole file when offset is -1
+Result = tuple[np.ndarray | None, str | None]  # the bytes, or None and why not
+_MESSAGE = 1 << 20  # largest task or reply message (a chunk's paths and its results)
+_SMALLEST_BUFFER = 1 << 20
+# Seconds a worker waits before each file it opens: network storage's latency, simulated for
+# benchmarks (benchmarks/bench_io.py). Read when a worker starts; see :func:`shutdown`.
+LATENCY_VARIABLE = "DALAUG_SIMULATED_READ_LATENCY"
+
+
+def read_file(path: str, offset: int = -1, size: int = -1) -> np.ndarray:
+    """The bytes of ``path`` (or ``size`` of them at ``offset``) as a uint8 array, shorter if
+    the file is shorter than its table says. One ``preadv`` into a fresh array: the read
+    releases the GIL and copies once."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        if offset < 0:
+            offset, size = 0, os.fstat(descriptor).st_size
+        data = np.empty(size, np.uint8)
+        return data[: _read_into(descriptor, memoryview(data), offset)]
+    finally:
+        os.close(descriptor)
+
+
+def read_checked(read, *args) -> Result:
+    """``read(*args)``'s bytes if they pass :func:`check_encoded`, else None and the reason.
+    A second read before giving up: a network file system's hiccup is not a bad file."""
+    for _ in range(2):
+        try:
+            data = read(*args)
+        except OSError as error:
+            reason = f"cannot read: {error.strerror or error}"
+            continue
+        reason = check_encoded(data)
+        if reason is None:
+            return data, None
+    return None, reason
+
+
+def _read_into(descriptor: int, buffer: memoryview, offset: int) -> int:
+    done = 0
+    while done < len(buffer):
+        count = os.preadv(descriptor, [buffer[done:]], offset + done)
+        if count == 0:
+            break
+        done += count
+    return done
+
+
+# --- this process's side ----------------------------------------------------------------------------
+
+
+class _Worker:
+    """One worker process and the socket this process talks to it through."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        root = str(Path(__file__).resolve().parent.parent)  # so the worker finds this dalaug
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+                   OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dalaug.workers", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        theirs.close()
+        self.socket = ours
+        self.buffers: dict[int, mmap.mmap] = {}  # the worker's buffers, mapped here too
+        self.freed: collections.deque[int] = collections.deque()  # buffers to tell the worker of
+
+    def read(self, items: list[Item]) -> list[Result]:
+        """The samples ``items``, read and checked by the worker."""
+        freed = [self.freed.popleft() for _ in range(len(self.freed))]
+        self.socket.send(pickle.dumps((items, freed), pickle.HIGHEST_PROTOCOL))
+        message, descriptors, _, _ = socket.recv_fds(self.socket, _MESSAGE, 1)
+        if not message:
+            raise ConnectionError(f"dalaug read worker {self.process.pid} exited ({self.process.poll()})")
+        buffer, capacity, size, places = pickle.loads(message)
+        if descriptors:  # a buffer new to us, or grown: map it (once; it is reused after)
+            try:
+                self.buffers[buffer] = mmap.mmap(descriptors[0], capacity)
+            finally:
+                os.close(descriptors[0])
+        if size == 0:
+            self.freed.append(buffer)
+            return places  # every sample failed: (None, reason) each
+        chunk = np.frombuffer(self.buffers[buffer], np.uint8, size)
+        # The worker may reuse the buffer once the last view of this chunk is gone (DALI is done).
+        weakref.finalize(chunk, self.freed.append, buffer)
+        return [(None, place[1]) if place[0] is None else (chunk[place[0] : place[0] + place[1]], None)
+                for place in places]  # fmt: skip
+
+    def close(self) -> None:
+        self.socket.close()  # the worker reads end-of-file and exits
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class ReadPool:
+    """Worker processes reading chunks of samples; :meth:`submit` returns a Future of the
+    results. Grown to the most workers any loader asked for; a worker that dies is replaced and
+    its chunk read again once."""
+
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._workers: list[_Worker | None] = []  # thread i talks to worker i
+        self._lock = threading.Lock()
+
+    def ensure(self, workers: int) -> None:
+        """Have at least ``workers`` workers (each started by its thread, on its first chunk)."""
+        with self._lock:
+            while len(self._threads) < workers:
+                slot = len(self._threads)
+                self._workers.append(None)
+                self._threads.append(threading.Thread(target=self._serve, args=(slot,), daemon=True,
+                                                      name=f"dalaug-read-{slot}"))  # fmt: skip
+                self._threads[-1].start()
+
+    def submit(self, items: list[Item]) -> Future:
+        future: Future = Future()
+        self._tasks.put((future, items))
+        return future
+
+    def pids(self) -> list[int]:
+        """The worker processes running now."""
+        return [worker.process.pid for worker in self._workers if worker is not None]
+
+    def buffers(self) -> list[int]:
+        """How many shared-memory buffers each running worker has filled for this process."""
+        return [len(worker.buffers) for worker in self._workers if worker is not None]
+
+    def close(self) -> None:
+        with self._lock:
+            for _ in self._threads:
+                self._tasks.put(None)
+            for thread in self._threads:
+                thread.join(timeout=10)
+            self._threads.clear()
+            self._workers.clear()
+
+    def _serve(self, slot: int) -> None:
+        try:
+            while (task := self._tasks.get()) is not None:
+                future, items = task
+                if not future.set_running_or_notify_cancel():
+                    continue  # dropped before it ran: the reader moved elsewhere
+                for attempt in range(2):
+                    try:
+                        self._workers[slot] = self._workers[slot] or _Worker()
+                        future.set_result(self._workers[slot].read(items))
+                        break
+                    except (OSError, EOFError, pickle.UnpicklingError) as error:
+                        self._stop(slot)
+                        if attempt:
+                            future.set_exception(error)
+        finally:
+            self._stop(slot)
+
+    def _stop(self, slot: int) -> None:
+        worker, self._workers[slot] = self._workers[slot], None
+        if worker is not None:
+            worker.close()
+
+
+_pool: ReadPool | None = None
+_pool_lock = threading.Lock()
+
+
+def pool(workers: int) -> ReadPool:
+    """This process's read pool, with at least ``workers`` workers."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ReadPool()
+        _pool.ensure(workers)
+        return _pool
+
+
+@atexit.register
+def shutdown() -> None:
+    """Stop this process's workers (the next read starts new ones)."""
+    global _pool
+    with _pool_lock:
+        if _pool is not None:
+            _pool.close()
+        _pool = None
+
+
+# --- the worker's side -----------------------------------------------------------------------------
+
+
+class _Buffers:
+    """The worker's shared-memory buffers: each chunk is read into one that this process's parent
+    has released (or a new or grown one), so its pages are allocated once, not per chunk."""
+
+    def __init__(self) -> None:
+        self.memory: dict[int, tuple[int, mmap.mmap]] = {}  # buffer -> (memfd, its mapping)
+        self.free: set[int] = set()
+        self.fresh: set[int] = set()  # new or grown since the parent last mapped them
+
+    def take(self, size: int) -> int:
+        fitting = [b for b in self.free if len(self.memory[b][1]) >= size]
+        if fitting:
+            buffer = min(fitting, key=lambda b: len(self.memory[b][1]))
+        elif self.free:
+            buffer = max(self.free, key=lambda b: len(self.memory[b][1]))
+        else:
+            buffer, memfd = len(self.memory), os.memfd_create("dalaug-read", os.MFD_CLOEXEC)
+            os.ftruncate(memfd, max(size, _SMALLEST_BUFFER))
+            self.memory[buffer] = (memfd, mmap.mmap(memfd, max(size, _SMALLEST_BUFFER)))
+            self.fresh.add(buffer)
+        self.free.discard(buffer)
+        self.grow(buffer, size)
+        return buffer
+
+    def grow(self, buffer: int, size: int) -> None:
+        memfd, memory = self.memory[buffer]
+        if len(memory) < size:
+            size = max(size, 2 * len(memory))  # room for later, larger chunks
+            memory.close()
+            os.ftruncate(memfd, size)
+            self.memory[buffer] = (memfd, mmap.mmap(memfd, size))
+            self.fresh.add(buffer)
+
+
+def _read_chunk(items: list[Item], buffers: _Buffers, latency: float = 0.0) -> tuple[int, int, list]:
+    """Read ``items`` into one buffer and check each: ``(buffer, size, [(start, length) or
+    (None, reason)])``. A sample that fails to open or to pass its check is read again on its own
+    (:func:`read_checked`) and, if it passes then, appended."""
+    layout, size = [], 0  # (descriptor, offset, length, start) per item, None if it did not open
+    for path, offset, length in items:
+        if latency:
+            time.sleep(latency)
+        try:
+            descriptor = os.open(path, os.O_RDONLY)
+        except OSError:
+            layout.append(None)
+            continue
+        if offset < 0:
+            offset, length = 0, os.fstat(descriptor).st_size
+        layout.append((descriptor, offset, length, size))
+        size += length
+    buffer = buffers.take(size)
+    places: list = []
+    for item, entry in zip(items, layout, strict=True):
+        if entry is not None:
+            descriptor, offset, length, start = entry
+            memory = buffers.memory[buffer][1]
+            try:
+                got = _read_into(descriptor, memoryview(memory)[start : start + length], offset)
+                if check_encoded(np.frombuffer(memory, np.uint8, got, start)) is None:
+                    places.append((start, got))
+                    continue
+            except OSError:
+                pass
+            finally:
+                os.close(descriptor)
+        data, reason = read_checked(read_file, *item)
+        if data is None:
+            places.append((None, reason))
+        else:  # it passes on a second read: append it
+            buffers.grow(buffer, size + data.size)
+            buffers.memory[buffer][1][size : size + data.size] = data
+            places.append((size, data.size))
+            size += data.size
+    return buffer, size, places
+
+
+def _serve(connection: socket.socket) -> None:
+    buffers, latency = _Buffers(), float(os.environ.get(LATENCY_VARIABLE, 0))
+    while True:
+        message = connection.recv(_MESSAGE)
+        if not message:
+            return  # the loader's process closed the socket, or is gone
+        items, freed = pickle.loads(message)
+        buffers.free.update(freed)
+        buffer, size, places = _read_chunk(items, buffers, latency)
+        memfd, memory = buffers.memory[buffer]
+        reply = pickle.dumps((buffer, len(memory), size, places), pickle.HIGHEST_PROTOCOL)
+        if buffer in buffers.fresh:
+            buffers.fresh.discard(buffer)
+            socket.send_fds(connection, [reply], [memfd])
+        else:
+            connection.send(reply)
+
+
+if __name__ == "__main__":
+    _serve(socket.socket(fileno=int(sys.argv[1])))
