@@ -165,7 +165,8 @@ class BatchReader:
         """A Future of ``[(bytes, None) or (None, why not)]``, one per sample of ``ids``."""
         if self._workers:
             samples = self.feed.samples
-            items = [(samples.paths[i], int(samples.offsets[i]), int(samples.sizes[i])) for i in ids]
+            paths = [samples.paths[i] for i in ids.tolist()]
+            items = list(zip(paths, samples.offsets[ids].tolist(), samples.sizes[ids].tolist(), strict=True))
             return read_workers.pool(self._workers).submit(items)
         if self._local is None:
             self._local = ThreadPoolExecutor(1, thread_name_prefix="dalaug-read")
