@@ -77,8 +77,9 @@ class BatchReader:
         self._workers = workers
         self._local: ThreadPoolExecutor | None = None  # the reading thread when workers == 0
         self._assembler: ThreadPoolExecutor | None = None  # started when first needed
-        # Enough batches ahead that every worker has a chunk to read, within bounds on memory.
-        self._ahead = min(MAX_AHEAD, max(2, math.ceil(max(1, workers) * CHUNK / feed.batch_size) + 1))
+        # Enough batches ahead that every worker has a chunk to read and one waiting.
+        chunks_per_batch = math.ceil(feed.batch_size / CHUNK)
+        self._ahead = min(MAX_AHEAD, max(2, math.ceil(2 * max(1, workers) / chunks_per_batch)))
         self._reads: dict[Position, Read] = {}
 
     def restart(self, position: Position) -> None:

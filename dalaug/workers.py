@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import itertools
 import mmap
 import os
 import pickle
@@ -43,6 +44,7 @@ Item = tuple[str, int, int]  # (path, offset, size): a whole file when offset is
 Result = tuple[np.ndarray | None, str | None]  # the bytes, or None and why not
 _MESSAGE = 1 << 20  # largest task or reply message (a chunk's paths and its results)
 _SMALLEST_BUFFER = 1 << 20
+_KEEP_FREE = 2  # released buffers a worker keeps for the next chunks
 # Seconds a worker waits before each file it opens: network storage's latency, simulated for
 # benchmarks (benchmarks/bench_io.py). Read when a worker starts; see :func:`shutdown`.
 LATENCY_VARIABLE = "DALAUG_SIMULATED_READ_LATENCY"
@@ -114,7 +116,9 @@ class _Worker:
         message, descriptors, _, _ = socket.recv_fds(self.socket, _MESSAGE, 1)
         if not message:
             raise ConnectionError(f"dalaug read worker {self.process.pid} exited ({self.process.poll()})")
-        buffer, capacity, size, places = pickle.loads(message)
+        buffer, capacity, size, places, dropped = pickle.loads(message)
+        for name in dropped:  # released by us, let go by the worker: no view of it is left
+            del self.buffers[name]
         if descriptors:  # a buffer new to us, or grown: map it (once; it is reused after)
             try:
                 self.buffers[buffer] = mmap.mmap(descriptors[0], capacity)
@@ -233,12 +237,27 @@ def shutdown() -> None:
 
 class _Buffers:
     """The worker's shared-memory buffers: each chunk is read into one that this process's parent
-    has released (or a new or grown one), so its pages are allocated once, not per chunk."""
+    has released (or a new or grown one), so its pages are allocated once, not per chunk. Beyond
+    ``_KEEP_FREE`` released ones, the smallest are let go: as many stay as chunks are in flight."""
 
     def __init__(self) -> None:
         self.memory: dict[int, tuple[int, mmap.mmap]] = {}  # buffer -> (memfd, its mapping)
         self.free: set[int] = set()
         self.fresh: set[int] = set()  # new or grown since the parent last mapped them
+        self._names = itertools.count()
+
+    def release(self, freed: list[int]) -> list[int]:
+        """Take back the buffers the parent has released; the ones let go, for it to unmap."""
+        self.free.update(freed)
+        by_size = sorted(self.free, key=lambda b: len(self.memory[b][1]))
+        dropped = by_size[: max(0, len(by_size) - _KEEP_FREE)]
+        for buffer in dropped:
+            memfd, memory = self.memory.pop(buffer)
+            memory.close()
+            os.close(memfd)
+            self.free.discard(buffer)
+            self.fresh.discard(buffer)
+        return dropped
 
     def take(self, size: int) -> int:
         fitting = [b for b in self.free if len(self.memory[b][1]) >= size]
@@ -247,7 +266,7 @@ class _Buffers:
         elif self.free:
             buffer = max(self.free, key=lambda b: len(self.memory[b][1]))
         else:
-            buffer, memfd = len(self.memory), os.memfd_create("dalaug-read", os.MFD_CLOEXEC)
+            buffer, memfd = next(self._names), os.memfd_create("dalaug-read", os.MFD_CLOEXEC)
             os.ftruncate(memfd, max(size, _SMALLEST_BUFFER))
             self.memory[buffer] = (memfd, mmap.mmap(memfd, max(size, _SMALLEST_BUFFER)))
             self.fresh.add(buffer)
@@ -315,10 +334,10 @@ def _serve(connection: socket.socket) -> None:
         if not message:
             return  # the loader's process closed the socket, or is gone
         items, freed = pickle.loads(message)
-        buffers.free.update(freed)
+        dropped = buffers.release(freed)
         buffer, size, places = _read_chunk(items, buffers, latency)
         memfd, memory = buffers.memory[buffer]
-        reply = pickle.dumps((buffer, len(memory), size, places), pickle.HIGHEST_PROTOCOL)
+        reply = pickle.dumps((buffer, len(memory), size, places, dropped), pickle.HIGHEST_PROTOCOL)
         if buffer in buffers.fresh:
             buffers.fresh.discard(buffer)
             socket.send_fds(connection, [reply], [memfd])
