@@ -8,6 +8,27 @@
 """
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__ imports these
+    from dalaug import checkpoint
+    from dalaug.cifar import convert_cifar
+    from dalaug.config import LoaderConfig
+    from dalaug.gap import Gap, measure_gap
+    from dalaug.loader import IMAGENET_MEAN, IMAGENET_STD, DecodeError, Loader
+    from dalaug.ops import (
+        CutMix,
+        Cutout,
+        ManifoldMixup,
+        Mixup,
+        RandomChoice,
+        RandomErasing,
+        SaliencyMix,
+        soft_targets,
+    )
+    from dalaug.policies import AutoAugment, RandAugment, TimmRandAugment, TrivialAugment
+    from dalaug.schedule import Fade, Phase, PhasedLoader, Schedule, early_stop, fade_out, refine
+    from dalaug.verification import VerifyReport, verify
 
 # Where each public name lives. Imported on first use (PEP 562), so a process that needs one small
 # module (the file-reading workers import dalaug.workers) does not pay for torch and DALI.
@@ -26,12 +47,14 @@ _HOMES = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
 def __getattr__(name: str):
-    if name == "checkpoint":  # a module of its own
-        value = importlib.import_module("dalaug.checkpoint")
-    elif name in _HOMES:
-        value = getattr(importlib.import_module(_HOMES[name]), name)
-    else:
+    if name != "checkpoint" and name not in _HOMES:
         raise AttributeError(f"module 'dalaug' has no attribute {name!r}")
+    home = "dalaug.checkpoint" if name == "checkpoint" else _HOMES[name]  # checkpoint: a module
+    try:
+        module = importlib.import_module(home)
+    except AttributeError as error:  # raised here it would read as "no attribute {name}"
+        raise ImportError(f"importing {home} for dalaug.{name} failed: {error}") from error
+    value = module if name == "checkpoint" else getattr(module, name)
     globals()[name] = value  # once: later lookups do not come here
     return value
 

@@ -5,8 +5,8 @@ Reading a file from Python costs ~15 µs of interpreter time and checking its by
 (:func:`~dalaug.integrity.check_encoded`). Done in threads of the training process, that work
 holds the GIL the training loop needs: on 2 cores 4 reading threads fed DALI 14-16k files/s, and
 on a 16-core H200 machine 16 of them held the loader near 8k img/s where DALI alone decoded 27k.
-Here each read runs in a worker process (a plain ``python -m dalaug.workers``: nothing of the
-training script, torch or DALI is imported there), which reads a chunk of samples straight into a
+Here each read runs in a worker process (a plain ``python -I`` running :func:`serve_fd`: nothing of
+the training script, torch or DALI is imported there), which reads a chunk of samples straight into a
 ``memfd`` buffer (anonymous shared memory, not limited by a container's small /dev/shm), checks
 them there and replies over a Unix socket with where each sample lies. This process maps each
 buffer once (its descriptor comes with the first reply that uses it) and gives DALI views into it:
@@ -28,6 +28,7 @@ import mmap
 import os
 import pickle
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +46,8 @@ __all__ = ["ReadPool", "read_file", "read_checked", "pool"]
 
 Item = tuple[str, int, int]  # (path, offset, size): a whole file when offset is -1
 Result = tuple[np.ndarray | None, str | None]  # the bytes, or None and why not
-_MESSAGE = 1 << 20  # largest task or reply message (a chunk's paths and its results)
+# Largest task or reply message: a socket's default send buffer (~208 KiB) bounds one message.
+_MESSAGE = 1 << 17
 _SMALLEST_BUFFER = 1 << 20
 _KEEP_FREE = 2  # released buffers a worker keeps for the next chunks
 # Seconds a worker waits before each file it opens: network storage's latency, simulated for
@@ -100,20 +102,33 @@ class _Worker:
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        root = str(Path(__file__).resolve().parent.parent)  # so the worker finds this dalaug
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-                   OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")  # fmt: skip
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "dalaug.workers", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        theirs.close()
+        # -I: neither the working directory nor PYTHONPATH can put another dalaug (or numpy) in
+        # front of the one this process runs; its folder goes first unless it is on the path.
+        root = str(Path(__file__).resolve().parent.parent)
+        start = (
+            f"import sys; {root!r} in sys.path or sys.path.insert(0, {root!r}); "
+            f"import dalaug.workers; dalaug.workers.serve_fd({theirs.fileno()})"
+        )
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-c", start], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                env=dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1"),
+            )  # fmt: skip
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         self.socket = ours
         self.buffers: dict[int, mmap.mmap] = {}  # the worker's buffers, mapped here too
         self.freed: collections.deque[int] = collections.deque()  # buffers to tell the worker of
 
     def read(self, items: list[Item]) -> list[Result]:
         """The samples ``items``, read and checked by the worker."""
+        task = pickle.dumps((items, []), pickle.HIGHEST_PROTOCOL)
+        if len(task) > _MESSAGE // 2 and len(items) > 1:  # very long paths: in two messages
+            half = len(items) // 2
+            return self.read(items[:half]) + self.read(items[half:])
         freed = [self.freed.popleft() for _ in range(len(self.freed))]
         self.socket.send(pickle.dumps((items, freed), pickle.HIGHEST_PROTOCOL))
         message, descriptors, _, _ = socket.recv_fds(self.socket, _MESSAGE, 1)
@@ -145,6 +160,7 @@ class _Worker:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
 
 
 class ReadPool:
@@ -182,13 +198,20 @@ class ReadPool:
         return [len(worker.buffers) for worker in self._workers if worker is not None]
 
     def close(self) -> None:
+        """Stop the workers; chunks not yet read are cancelled."""
         with self._lock:
+            while True:
+                try:
+                    task = self._tasks.get_nowait()
+                except queue.Empty:
+                    break
+                if task is not None:
+                    task[0].cancel()
             for _ in self._threads:
                 self._tasks.put(None)
             for thread in self._threads:
                 thread.join(timeout=10)
             self._threads.clear()
-            self._workers.clear()
 
     def _serve(self, slot: int) -> None:
         try:
@@ -201,10 +224,11 @@ class ReadPool:
                         self._workers[slot] = self._workers[slot] or _Worker()
                         future.set_result(self._workers[slot].read(items))
                         break
-                    except (OSError, EOFError, pickle.UnpicklingError) as error:
+                    except BaseException as error:  # the reader waits on this future: always answer it
                         self._stop(slot)
-                        if attempt:
+                        if attempt or not isinstance(error, (OSError, EOFError, pickle.UnpicklingError)):
                             future.set_exception(error)
+                            break
         finally:
             self._stop(slot)
 
@@ -212,6 +236,12 @@ class ReadPool:
         worker, self._workers[slot] = self._workers[slot], None
         if worker is not None:
             worker.close()
+
+    def _forget(self) -> None:
+        """In a forked child: the threads did not come along; close the sockets that did."""
+        for worker in self._workers:
+            if worker is not None:
+                worker.socket.close()
 
 
 _pool: ReadPool | None = None
@@ -226,6 +256,16 @@ def pool(workers: int) -> ReadPool:
             _pool = ReadPool()
         _pool.ensure(workers)
         return _pool
+
+
+def _after_fork() -> None:
+    global _pool, _pool_lock
+    if _pool is not None:
+        _pool._forget()
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 @atexit.register
@@ -351,5 +391,8 @@ def _serve(connection: socket.socket) -> None:
             connection.send(reply)
 
 
-if __name__ == "__main__":
-    _serve(socket.socket(fileno=int(sys.argv[1])))
+def serve_fd(descriptor: int) -> None:
+    """A worker's life: serve the tasks that come through the socket ``descriptor`` until it
+    closes. Ctrl-C is the training job's to handle: the worker ends when its socket does."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _serve(socket.socket(fileno=descriptor))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +95,61 @@ def test_io_workers_must_be_a_count(photo_folder):
     for wrong in (-1, 1.5, True):
         with pytest.raises(ValueError, match="io_workers: expected an int >= 0"):
             dalaug.Loader(photo_folder, 8, train=True, io_workers=wrong)
+
+
+def test_a_task_that_fails_in_an_unexpected_way_raises_instead_of_hanging(photo_folder):
+    samples = resolve_source(photo_folder)
+    pool = workers.ReadPool()
+    try:
+        pool.ensure(1)
+        with pytest.raises((pickle.PicklingError, AttributeError)):
+            pool.submit([(lambda: None, -1, -1)]).result(timeout=60)  # cannot be sent to a worker
+        assert pool.submit([(samples.paths[0], -1, -1)]).result(timeout=60)[0][1] is None  # still serving
+    finally:
+        pool.close()
+
+
+def run_script(code: str, cwd) -> str:
+    root = str(Path(workers.__file__).resolve().parent.parent)
+    script = f"import sys; sys.path.insert(0, {root!r})\n" + textwrap.dedent(code)
+    out = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_workers_run_this_dalaug_whatever_the_working_directory_holds(photo_folder, tmp_path):
+    (tmp_path / "dalaug").mkdir()
+    (tmp_path / "dalaug" / "__init__.py").write_text("raise ImportError('the wrong dalaug')\n")
+    out = run_script(f"""
+        from dalaug import workers
+        from dalaug.sources import resolve_source
+        samples = resolve_source({str(photo_folder)!r})
+        print(workers.pool(1).submit([(samples.paths[0], -1, -1)]).result(timeout=60)[0][1])
+    """, cwd=tmp_path)  # fmt: skip
+    assert out.strip() == "None"
+
+
+def test_a_forked_child_reads_with_workers_of_its_own(photo_folder, tmp_path):
+    out = run_script(f"""
+        import os
+        from dalaug import workers
+        from dalaug.sources import resolve_source
+        samples = resolve_source({str(photo_folder)!r})
+        read = lambda: workers.pool(1).submit([(samples.paths[0], -1, -1)]).result(timeout=60)[0][1]
+        assert read() is None
+        child = os.fork()
+        if child == 0:
+            os._exit(0 if read() is None else 1)
+        assert os.waitpid(child, 0)[1] == 0 and read() is None
+        print("ok")
+    """, cwd=tmp_path)  # fmt: skip
+    assert out.strip() == "ok"
+
+
+def test_the_lazy_package_still_offers_every_public_name():
+    import dalaug.verification  # the module importing first must not shadow dalaug.verify()
+
+    assert all(getattr(dalaug, name) is not None for name in dalaug.__all__)
+    assert callable(dalaug.verify) and dalaug.verify is dalaug.verification.verify
+    with pytest.raises(AttributeError, match="no attribute 'Loadr'"):
+        dalaug.Loadr  # noqa: B018
