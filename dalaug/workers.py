@@ -49,6 +49,9 @@ Result = tuple[np.ndarray | None, str | None]  # the bytes, or None and why not
 # Largest task or reply message: a socket's default send buffer (~208 KiB) bounds one message.
 _MESSAGE = 1 << 17
 _SMALLEST_BUFFER = 1 << 20
+# A worker that has not answered a chunk in this many seconds is taken for hung (storage that no
+# longer answers): it is replaced, and the chunk read once more before the loader raises.
+_REPLY_TIMEOUT = 600.0
 _KEEP_FREE = 2  # released buffers a worker keeps for the next chunks
 # Seconds a worker waits before each file it opens: network storage's latency, simulated for
 # benchmarks (benchmarks/bench_io.py). Read when a worker starts; see :func:`shutdown`.
@@ -119,6 +122,7 @@ class _Worker:
             raise
         finally:
             theirs.close()
+        ours.settimeout(_REPLY_TIMEOUT)
         self.socket = ours
         self.buffers: dict[int, mmap.mmap] = {}  # the worker's buffers, mapped here too
         self.freed: collections.deque[int] = collections.deque()  # buffers to tell the worker of
@@ -131,7 +135,13 @@ class _Worker:
             return self.read(items[:half]) + self.read(items[half:])
         freed = [self.freed.popleft() for _ in range(len(self.freed))]
         self.socket.send(pickle.dumps((items, freed), pickle.HIGHEST_PROTOCOL))
-        message, descriptors, _, _ = socket.recv_fds(self.socket, _MESSAGE, 1)
+        try:
+            message, descriptors, _, _ = socket.recv_fds(self.socket, _MESSAGE, 1)
+        except TimeoutError as error:
+            raise TimeoutError(
+                f"dalaug read worker {self.process.pid} has not read {len(items)} samples from "
+                f"{items[0][0]} on in {_REPLY_TIMEOUT:.0f} s: is the storage answering?"
+            ) from error
         if not message:
             raise ConnectionError(
                 f"dalaug read worker {self.process.pid} exited (code {self.process.poll()}; its error, "
@@ -154,9 +164,12 @@ class _Worker:
         return [(None, place[1]) if place[0] is None else (chunk[place[0] : place[0] + place[1]], None)
                 for place in places]  # fmt: skip
 
-    def close(self) -> None:
-        self.socket.close()  # the worker reads end-of-file and exits
+    def close(self, kill: bool = False) -> None:
+        """Let the worker end (it reads end-of-file), or kill it: one that failed may hang."""
+        self.socket.close()
         try:
+            if kill:
+                self.process.kill()
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
@@ -225,17 +238,17 @@ class ReadPool:
                         future.set_result(self._workers[slot].read(items))
                         break
                     except BaseException as error:  # the reader waits on this future: always answer it
-                        self._stop(slot)
+                        self._stop(slot, kill=True)
                         if attempt or not isinstance(error, (OSError, EOFError, pickle.UnpicklingError)):
                             future.set_exception(error)
                             break
         finally:
             self._stop(slot)
 
-    def _stop(self, slot: int) -> None:
+    def _stop(self, slot: int, kill: bool = False) -> None:
         worker, self._workers[slot] = self._workers[slot], None
         if worker is not None:
-            worker.close()
+            worker.close(kill)
 
     def _forget(self) -> None:
         """In a forked child: the threads did not come along; close the sockets that did."""

@@ -153,3 +153,16 @@ def test_the_lazy_package_still_offers_every_public_name():
     assert callable(dalaug.verify) and dalaug.verify is dalaug.verification.verify
     with pytest.raises(AttributeError, match="no attribute 'Loadr'"):
         dalaug.Loadr  # noqa: B018
+
+
+def test_a_read_that_hangs_raises_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(workers, "_REPLY_TIMEOUT", 1.0)
+    fifo = tmp_path / "stuck.jpg"
+    os.mkfifo(fifo)  # opening it waits for a writer that never comes, as a hung mount would
+    pool = workers.ReadPool()
+    try:
+        pool.ensure(1)
+        with pytest.raises(TimeoutError, match=f"from {fifo} on in 1 s: is the storage answering"):
+            pool.submit([(str(fifo), -1, -1)]).result(timeout=60)
+    finally:
+        pool.close()
