@@ -280,9 +280,10 @@ class Schedule:
     Everything but the loaders is a pure function of the epoch, so every rank of a distributed run
     switches at the same epoch without talking to the others, and the only state to save is the
     cursor :attr:`epoch`. A loader is built per loader configuration (policy and options;
-    consecutive phases with the same one share it), the next one in a background thread while the
-    last epoch before a boundary runs; at the swap the old one is closed and its memory handed back
-    (in the same thread, so the first batch of the new phase does not wait for it).
+    consecutive phases with the same one share it; :class:`PhaseLoaders`), the next one in a
+    background thread while the last epoch before a boundary runs; at the swap the old one is
+    closed and its memory handed back (in the same thread, so the first batch of the new phase
+    does not wait for it).
 
     The schedule owns the loaders it hands out, including ``loader``: it closes each one when it
     moves to a phase with another configuration (build ``loader`` with the first phase's policy, or
@@ -323,14 +324,11 @@ class Schedule:
         self.epochs: int = sum(p.epochs for p in self.phases)
         self.epoch = 0  # the first epoch not yet handed out by iteration: all there is to resume
         self.prebuild = bool(prebuild)
-        self._template = loader
-        # The loader of the current phase's config, and the next phase's being built ahead.
-        self._current: tuple[LoaderConfig, Loader] | None = None
-        self._pending: tuple[LoaderConfig, Future] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self.template = loader
+        self._loaders: PhaseLoaders | None = None
         if loader is not None:
             self._configs = _phase_configs(self.phases, loader.config)
-            self._current = (loader.config, loader)
+            self._loaders = PhaseLoaders(loader)
 
     # --- pure functions of the epoch ------------------------------------------------------------
 
@@ -393,76 +391,20 @@ class Schedule:
         Returns:
             A :class:`~dalaug.Loader` whose next iteration is ``epoch``.
         """
-        if self._template is None:
+        if self._loaders is None:
             raise ValueError("loader_at: this schedule was built without a loader")
-        config = self._configs[self.phase_at(epoch).index]
-        if self._current is not None and self._current[0] == config:
-            loader = self._current[1]
-        else:
-            loader = self._take_pending(config)
-            if loader is None:
-                loader = self._build(config)
-            stale, self._current = self._current, (config, loader)
-            if stale is not None:
-                # In the background: closing a pipeline waits for the batches DALI has already
-                # started of its next epoch, time the first batch of the new phase should not wait.
-                self._background().submit(_release, [stale[1]])
-        loader.set_epoch(epoch)
+        loader = self._loaders.serve(self._configs[self.phase_at(epoch).index], epoch)
         if self.prebuild and epoch + 1 < self.epochs:
-            self._prepare(self._configs[self.phase_at(epoch + 1).index], epoch + 1)
+            self._loaders.prepare(self._configs[self.phase_at(epoch + 1).index], epoch + 1)
         return loader
-
-    def _build(self, config: LoaderConfig) -> Loader:
-        return self._template.with_config(config)
-
-    def _prepare(self, config: LoaderConfig, epoch: int) -> None:
-        """Unless it exists, build the loader for ``config`` in the background and start its
-        ``epoch``, so the first batch after the boundary is ready (a new pipeline's first batch
-        costs about two ordinary ones)."""
-        if self._current is not None and self._current[0] == config:
-            return
-        if self._pending is not None and self._pending[0] == config:
-            return
-        self._drop_pending()
-        self._pending = (config, self._background().submit(self._build_started, config, epoch))
-
-    def _build_started(self, config: LoaderConfig, epoch: int) -> Loader:
-        loader = self._build(config)
-        loader.prepare(epoch)
-        return loader
-
-    def _background(self) -> ThreadPoolExecutor:
-        """The schedule's one worker thread: builds ahead and closes old loaders, in order."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dalaug-schedule")
-        return self._executor
-
-    def _take_pending(self, config: LoaderConfig) -> Loader | None:
-        if self._pending is None or self._pending[0] != config:
-            return None
-        future = self._pending[1]
-        self._pending = None
-        return future.result()  # re-raises a failed build here, in the loop's thread
-
-    def _drop_pending(self) -> None:
-        if self._pending is not None:
-            future = self._pending[1]
-            self._pending = None
-            if future.exception() is None:
-                _release([future.result()])
 
     def close(self) -> None:
         """Close the loaders the schedule holds (the template too, if still current) and its thread.
 
         Waits for loaders being built or closed in the background.
         """
-        self._drop_pending()
-        if self._current is not None:
-            _release([self._current[1]])
-            self._current = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._loaders is not None:
+            self._loaders.close()
 
     def __enter__(self) -> Schedule:
         return self
@@ -517,6 +459,87 @@ class Schedule:
         return PhasedLoader(self)
 
 
+class PhaseLoaders:
+    """The loaders a :class:`Schedule` hands out: one per loader configuration at a time, the next
+    one built ahead in a background thread, the old one closed there at the swap.
+
+    Args:
+        template: the first loader; every other one is ``template.with_config(config)``.
+    """
+
+    def __init__(self, template: Loader) -> None:
+        self.template = template
+        # The loader of the current phase's config, and the next phase's being built ahead.
+        self._current: tuple[LoaderConfig, Loader] | None = (template.config, template)
+        self._pending: tuple[LoaderConfig, Future] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def serve(self, config: LoaderConfig, epoch: int) -> Loader:
+        """The loader for ``config``, set to serve ``epoch``; the one before it is closed in the
+        background (closing waits for the batches DALI already started of its next epoch, time
+        the first batch of the new phase should not wait)."""
+        if self._current is not None and self._current[0] == config:
+            loader = self._current[1]
+        else:
+            loader = self._take_pending(config)
+            if loader is None:
+                loader = self._build(config)
+            stale, self._current = self._current, (config, loader)
+            if stale is not None:
+                self._background().submit(_release, [stale[1]])
+        loader.set_epoch(epoch)
+        return loader
+
+    def prepare(self, config: LoaderConfig, epoch: int) -> None:
+        """Unless it exists, build the loader for ``config`` in the background and start its
+        ``epoch``, so the first batch after the boundary is ready (a new pipeline's first batch
+        costs about two ordinary ones)."""
+        if self._current is not None and self._current[0] == config:
+            return
+        if self._pending is not None and self._pending[0] == config:
+            return
+        self._drop_pending()
+        self._pending = (config, self._background().submit(self._build_started, config, epoch))
+
+    def close(self) -> None:
+        """Close every loader held, and the background thread (waiting for its work)."""
+        self._drop_pending()
+        if self._current is not None:
+            _release([self._current[1]])
+            self._current = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _build(self, config: LoaderConfig) -> Loader:
+        return self.template.with_config(config)
+
+    def _build_started(self, config: LoaderConfig, epoch: int) -> Loader:
+        loader = self._build(config)
+        loader.prepare(epoch)
+        return loader
+
+    def _background(self) -> ThreadPoolExecutor:
+        """One worker thread: builds ahead and closes old loaders, in order."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dalaug-schedule")
+        return self._executor
+
+    def _take_pending(self, config: LoaderConfig) -> Loader | None:
+        if self._pending is None or self._pending[0] != config:
+            return None
+        future = self._pending[1]
+        self._pending = None
+        return future.result()  # re-raises a failed build here, in the loop's thread
+
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            future = self._pending[1]
+            self._pending = None
+            if future.exception() is None:
+                _release([future.result()])
+
+
 class PhasedLoader:
     """A :class:`Schedule` behind the face of one loader: each ``for`` serves the schedule's next
     epoch with that phase's pipeline and batch operators, so a training script written for a
@@ -535,10 +558,10 @@ class PhasedLoader:
     """
 
     def __init__(self, schedule: Schedule) -> None:
-        if schedule._template is None:
+        if schedule.template is None:
             raise ValueError("schedule: built without a loader; give Schedule(phases, loader)")
         self.schedule = schedule
-        self.loader = schedule._template  # the loader of the epoch served last (or first)
+        self.loader = schedule.template  # the loader of the epoch served last (or first)
         self.soft = any(phase.operators for phase in schedule.phases)
         self.generator = self.loader.generator  # the operators' draws, saved with the loader state
 
