@@ -98,8 +98,15 @@ class BatchReader:
         self._move(position)
 
     def take(self) -> Issued:
-        """The entry of the batch DALI just gave out (the oldest handed over)."""
-        return self.issued.popleft()
+        """The entry of the batch DALI just gave out (the oldest handed over).
+
+        Its samples are let go in the assembler thread: freeing 256 of them costs ~0.25 ms, which
+        the training thread need not spend (DALI holds its own references while it needs them)."""
+        entry = self.issued.popleft()
+        if self._assembler is not None:
+            self._assembler.submit(entry.data.clear)
+            entry.data = []
+        return entry
 
     def close(self) -> None:
         """Drop the reads in flight and stop this reader's threads (a later batch starts them
@@ -160,19 +167,24 @@ class BatchReader:
             # One thread puts each batch together once its chunks are read (it only waits).
             self._assembler = ThreadPoolExecutor(1, thread_name_prefix="dalaug-read-batch")
         ids = self.feed.batch_ids(*position)
-        chunks = [self._read_chunk(ids[start : start + CHUNK]) for start in range(0, len(ids), CHUNK)]
+        chunks = self._read_chunks(ids)
         return Read(ids, chunks, self._assembler.submit(self._assemble, ids, chunks))
 
-    def _read_chunk(self, ids: np.ndarray) -> Future:
-        """A Future of ``[(bytes, None) or (None, why not)]``, one per sample of ``ids``."""
+    def _read_chunks(self, ids: np.ndarray) -> list[Future]:
+        """Futures of ``[(bytes, None) or (None, why not)]``, one per sample, for each CHUNK of
+        ``ids``."""
+        starts = range(0, len(ids), CHUNK)
         if self._workers:
-            samples = self.feed.samples
+            samples, pool = self.feed.samples, read_workers.pool(self._workers)
             paths = [samples.paths[i] for i in ids.tolist()]
             items = list(zip(paths, samples.offsets[ids].tolist(), samples.sizes[ids].tolist(), strict=True))
-            return read_workers.pool(self._workers).submit(items)
+            return [pool.submit(items[start : start + CHUNK]) for start in starts]
         if self._local is None:
             self._local = ThreadPoolExecutor(1, thread_name_prefix="dalaug-read")
-        return self._local.submit(lambda: [read_workers.read_checked(self.read_bytes, int(i)) for i in ids])
+        return [self._local.submit(self._read_here, ids[start : start + CHUNK]) for start in starts]
+
+    def _read_here(self, ids: np.ndarray) -> list[tuple[np.ndarray | None, str | None]]:
+        return [read_workers.read_checked(self.read_bytes, int(i)) for i in ids]
 
     @staticmethod
     def _assemble(ids: np.ndarray, chunks: list[Future]) -> tuple[list[TensorCPU], dict[int, str]]:
