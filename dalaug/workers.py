@@ -42,7 +42,7 @@ import numpy as np
 
 from dalaug.integrity import check_encoded
 
-__all__ = ["ReadPool", "read_file", "read_checked", "pool"]
+__all__ = ["LATENCY_VARIABLE", "ReadPool", "pool", "read_checked", "read_file", "serve_fd", "shutdown"]
 
 Item = tuple[str, int, int]  # (path, offset, size): a whole file when offset is -1
 Result = tuple[np.ndarray | None, str | None]  # the bytes, or None and why not
