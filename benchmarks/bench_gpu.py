@@ -38,7 +38,6 @@ import shutil
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,7 +49,7 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 import dalaug
-from benchmarks.report import markdown_table, write_section
+from benchmarks.report import host_syncs, markdown_table, write_section
 from dalaug.datasets import write_photo_folder
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
@@ -312,17 +311,8 @@ def count_syncs(root: Path, args: argparse.Namespace, per_epoch: int, batches: i
     stream = dalaug_batches(root, args, 2 + math.ceil(batches / per_epoch), **options)
     for _ in range(per_epoch):
         next(stream)
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            for _ in range(batches):
-                next(stream)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    syncs = host_syncs(lambda: [next(stream) for _ in range(batches)])
     stream.close()
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
     where = f"{Path(syncs[0].filename).name}:{syncs[0].lineno}" if syncs else "—"
     return len(syncs) / batches, where
 

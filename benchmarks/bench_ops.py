@@ -20,7 +20,6 @@ import argparse
 import os
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ from timm.data import Mixup as TimmMixup
 from timm.data.random_erasing import RandomErasing as TimmRandomErasing
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.report import machine, markdown_table, write_section
+from benchmarks.report import host_syncs, machine, markdown_table, write_section
 from dalaug.ops import CutMix, Cutout, Mixup, RandomErasing, SaliencyMix
 
 NUM_CLASSES = 1000
@@ -167,16 +166,8 @@ def syncs_per_call(runner: Contestant, images: torch.Tensor, targets: torch.Tens
     """Host syncs per call on CUDA, as ``set_sync_debug_mode("warn")`` reports them."""
     work = images.clone()
     _call(runner, images, work, targets)
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            for _ in range(calls):
-                runner.run(work if runner.inplace else images, targets)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(warning.message) for warning in caught) / calls
+    batch = work if runner.inplace else images
+    return len(host_syncs(lambda: [runner.run(batch, targets) for _ in range(calls)])) / calls
 
 
 def main() -> None:

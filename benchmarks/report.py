@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import re
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,3 +49,16 @@ def rss_mib() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def host_syncs(run: Callable[[], object]) -> list[warnings.WarningMessage]:
+    """The host syncs torch reports (``set_sync_debug_mode("warn")``) while ``run()`` runs on CUDA."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [warning for warning in caught if "synchroniz" in str(warning.message)]

@@ -64,8 +64,7 @@ class LoaderConfig:
         set_ = object.__setattr__
         for name in ("batch_size", "crop", "prefetch"):
             _check_int(name, getattr(self, name))
-        if not isinstance(self.io_workers, int) or isinstance(self.io_workers, bool) or self.io_workers < 0:
-            raise ValueError(f"io_workers: expected an int >= 0, got {self.io_workers!r}")
+        _check_int("io_workers", self.io_workers, minimum=0)
         for name in ("num_threads", "resize"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name))
@@ -162,9 +161,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def _check_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+def _check_int(name: str, value, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        expected = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
 
 
 def _check_range(name: str, value, upper: float) -> tuple[float, float]:

@@ -129,12 +129,13 @@ class _Worker:
 
     def read(self, items: list[Item]) -> list[Result]:
         """The samples ``items``, read and checked by the worker."""
-        task = pickle.dumps((items, []), pickle.HIGHEST_PROTOCOL)
+        freed = [self.freed.popleft() for _ in range(len(self.freed))]
+        task = pickle.dumps((items, freed), pickle.HIGHEST_PROTOCOL)
         if len(task) > _MESSAGE // 2 and len(items) > 1:  # very long paths: in two messages
+            self.freed.extend(freed)
             half = len(items) // 2
             return self.read(items[:half]) + self.read(items[half:])
-        freed = [self.freed.popleft() for _ in range(len(self.freed))]
-        self.socket.send(pickle.dumps((items, freed), pickle.HIGHEST_PROTOCOL))
+        self.socket.send(task)
         try:
             message, descriptors, _, _ = socket.recv_fds(self.socket, _MESSAGE, 1)
         except TimeoutError as error:
