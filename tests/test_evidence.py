@@ -14,7 +14,7 @@ from train.loop import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_PER_CLASS = 4
-EPOCHS, EVAL_EVERY = 4, 3
+EPOCHS, GAP_EVERY = 4, 3
 VERDICTS = {"**holds**", "**opposite**", "**not resolved**"}
 
 
@@ -50,7 +50,7 @@ def test_tiny_grid_runs_through_the_trainer_and_writes_the_report(tiny_digits, t
     out = tmp_path / "report" / "EXPERIMENTS.md"
     before = _stamp(REPO / "EXPERIMENTS.md")
     argv = ["--quick", "--data", str(tiny_digits), "--crop", "16", "--seeds", "1", "--epochs", str(EPOCHS),
-            "--width", "4", "--eval-every", str(EVAL_EVERY), "--workers", "1", "--out", str(out),
+            "--width", "4", "--gap-every", str(GAP_EVERY), "--workers", "1", "--out", str(out),
             "--synthetic", str(synthetic_report)]  # fmt: skip
     assert evidence.main(argv) == 0
 
@@ -71,15 +71,15 @@ def test_tiny_grid_runs_through_the_trainer_and_writes_the_report(tiny_digits, t
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({plot.name})" in report
     assert _stamp(REPO / "EXPERIMENTS.md") == before  # --out was honoured
 
-    # The Trainer's own run folders: no checkpoints, evaluation every EVAL_EVERY epochs and at phase ends.
+    # The Trainer's own run folders: no checkpoints, the test set at phase ends only, the gap every
+    # GAP_EVERY epochs and at phase ends.
     run = out.parent / "runs" / "evidence-EXPERIMENTS" / "cutmix-refined" / "seed0"
     assert not (run / "checkpoint.pt").exists()
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == EPOCHS
     heavy = EPOCHS - max(1, round(evidence.REFINE_SHARE * EPOCHS))
-    evaluated = {r["epoch"] for r in history if "top1" in r}
-    assert evaluated == {EVAL_EVERY - 1, heavy - 1, EPOCHS - 1}
-    assert all("clean_train_loss" in r for r in history if r["epoch"] in evaluated)
+    assert {r["epoch"] for r in history if "top1" in r} == {heavy - 1, EPOCHS - 1}
+    assert {r["epoch"] for r in history if "clean_train_loss" in r} == {GAP_EVERY - 1, heavy - 1, EPOCHS - 1}
 
 
 def _stamp(path: Path) -> int | None:
@@ -135,5 +135,7 @@ def test_verdicts_follow_the_paired_interval():
 def test_grid_switches_are_checked():
     with pytest.raises(ValueError, match="eval_every"):
         Trainer(None, "unused", eval_every=0)
+    with pytest.raises(ValueError, match="gap_every"):
+        Trainer(None, "unused", gap_every=True)
     with pytest.raises(SystemExit):
         evidence.parse_args(["--epochs", "3"])

@@ -257,3 +257,21 @@ def test_resume_at_a_boundary_that_changes_loader_options(colour_data, tmp_path)
     records = resumed.run()
     assert [r["epoch"] for r in records] == [0, 1, 2, 3]
     assert resumed.schedule.state_dict() == {"epoch": 4}
+
+
+def test_the_curves_plot_takes_a_history_measured_only_now_and_then(tmp_path):
+    # Trainer(eval_every=..., gap_every=...) leaves epochs without test or gap figures.
+    from train.recipe import Recipe
+    from train.report import write_plot
+
+    recipe = Recipe(name="sparse", model="resnet18", phases=[dalaug.Phase(3), dalaug.Phase(1)])
+    history = [
+        {"epoch": 0, "train_loss": 2.0},
+        {"epoch": 1, "train_loss": 1.5, "clean_train_loss": 1.2, "augmented_train_loss": 1.9},
+        {"epoch": 2, "train_loss": 1.0, "test_loss": 1.1, "top1": 60.0, "top5": 90.0,
+         "clean_train_loss": 0.8, "augmented_train_loss": 1.4},
+        {"epoch": 3, "train_loss": 0.5, "test_loss": 0.9, "top1": 70.0, "top5": 95.0,
+         "clean_train_loss": 0.4, "augmented_train_loss": 0.5},
+    ]  # fmt: skip
+    plot = write_plot(recipe, history, tmp_path / "curves.png")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -64,21 +64,26 @@ class Trainer:
         out: run folder (config, metrics, checkpoint, plot); written by rank 0 only.
         device: None (CUDA if available), ``"cpu"`` or ``"cuda"``.
         resume: continue from ``out/checkpoint.pt`` if it exists.
-        eval_every: evaluate and measure the gap after every ``eval_every``-th epoch and after the
-            last epoch of each phase only (1: every epoch). Grids of many short runs spend most of
-            their time evaluating otherwise.
+        eval_every: evaluate on the test set after every ``eval_every``-th epoch and after the last
+            epoch of each phase only (1: every epoch). Grids of many short runs spend most of their
+            time evaluating otherwise.
+        gap_every: measure the gap (``dalaug.measure_gap``, a few hundred training samples: cheap)
+            after every ``gap_every``-th epoch and the last of each phase; None: as ``eval_every``.
         checkpoint: write ``out/checkpoint.pt`` after each epoch (False: a run that is not resumed).
         progress: show a progress bar per epoch.
     """
 
     def __init__(
         self, recipe: Recipe, out: str | Path, device: str | None = None, resume: bool = False, *,
-        eval_every: int = 1, checkpoint: bool = True, progress: bool = True,
+        eval_every: int = 1, gap_every: int | None = None, checkpoint: bool = True, progress: bool = True,
     ):  # fmt: skip
-        if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
-            raise ValueError(f"eval_every: expected a positive int, got {eval_every!r}")
+        gap_every = eval_every if gap_every is None else gap_every
+        for name, every in (("eval_every", eval_every), ("gap_every", gap_every)):
+            if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+                raise ValueError(f"{name}: expected a positive int, got {every!r}")
         self.recipe = recipe
-        self.eval_every, self.checkpoint, self.progress = eval_every, checkpoint, progress
+        self.eval_every, self.gap_every = eval_every, gap_every
+        self.checkpoint, self.progress = checkpoint, progress
         self.out = Path(out)
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -180,8 +185,10 @@ class Trainer:
                 break
             record = self.train_epoch(epoch)
             _, phase, in_phase = self.schedule.phase_at(epoch)
-            if (epoch + 1) % self.eval_every == 0 or in_phase == phase.epochs - 1:
+            phase_end = in_phase == phase.epochs - 1
+            if phase_end or (epoch + 1) % self.eval_every == 0:
                 record.update(self.evaluate())
+            if phase_end or (epoch + 1) % self.gap_every == 0:
                 record.update(self.measure_gap())
             self.history.append(record)
             if self.rank == 0:

@@ -48,13 +48,18 @@ def write_plot(recipe: Recipe, history: list[dict], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [r["epoch"] + 1 for r in history]
+    def series(key: str) -> tuple[list[int], list[float]]:
+        # A Trainer with eval_every or gap_every > 1 measures only some epochs.
+        measured = [r for r in history if key in r]
+        return [r["epoch"] + 1 for r in measured], [r[key] for r in measured]
+
     fig, (losses, accuracy) = plt.subplots(1, 2, figsize=(11, 4))
     for key, label in (("clean_train_loss", "clean train"), ("augmented_train_loss", "augmented train"),
                        ("test_loss", "test")):  # fmt: skip
-        if all(key in r for r in history):
-            losses.plot(epochs, [r[key] for r in history], label=label)
-    accuracy.plot(epochs, [r["top1"] for r in history], label="test top-1", color="tab:green")
+        epochs, values = series(key)
+        if values:  # no gap monitor: no training-loss curves
+            losses.plot(epochs, values, label=label)
+    accuracy.plot(*series("top1"), label="test top-1", color="tab:green")
     for axis in (losses, accuracy):
         for boundary in phase_boundaries(recipe):
             axis.axvline(boundary + 0.5, color="grey", linestyle="--", linewidth=1)
