@@ -3,7 +3,8 @@
 # checks included), a two-phase training run on --device cuda, and the GPU benchmarks. Run from the
 # repository root on the GPU machine after ../shared/gpu/install.sh; logs go to $OUT (or /tmp/out).
 # Each step has its own time limit so that one slow step cannot eat the others' device time.
-#   bash benchmarks/gpu_session.sh [tests|train|bench|all]
+# `evidence` (issue 15: the full image grid, timed) is a call of its own: `all` fills one call.
+#   bash benchmarks/gpu_session.sh [tests|train|bench|all|evidence]
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -37,4 +38,9 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   step bench-ops "${OPS_S:-90}" python -m benchmarks.bench_ops
   step bench-gpu "${GPU_S:-240}" python -m benchmarks.bench_gpu
   cp BENCHMARKS.md "$OUT/"
+fi
+if [ "$what" = evidence ]; then
+  # 40 short runs; several share the GPU (each run is far from filling it).
+  step evidence "${EVIDENCE_S:-560}" python -m benchmarks.evidence --device cuda --workers "${EVIDENCE_WORKERS:-6}"
+  cp EXPERIMENTS.md EXPERIMENTS.png "$OUT/" 2>/dev/null
 fi
