@@ -14,9 +14,10 @@ the same number of DALI threads (dalaug's default: the cores this process may us
    ``DALAUG_SIMULATED_READ_LATENCY``). DALI's ``readers.file`` reads in C++ and offers no hook to
    slow its reads the same way, so it is shown on local files only. Also each loader's rate with
    no consumer at all (its decode ceiling), so that a shortfall can be told apart: I/O (1 ms below
-   local) or decoding (local below 3,000). To keep decoding cheap enough for 3,000 img/s on few
-   cores, this part uses small JPEGs (short side 128-160) and a 112 px crop. Target: dalaug >= 2,700
-   img/s with 1 ms per read.
+   local) or decoding (local below 3,000), and dalaug's reader alone (read and check, no decoding)
+   on local files and with 1 and 5 ms per read: the I/O ceiling. To keep decoding cheap enough for
+   3,000 img/s on few cores, this part uses small JPEGs (short side 128-160) and a 112 px crop.
+   Target: dalaug >= 2,700 img/s with 1 ms per read.
 3. **The feed ceiling**: images/s DALI receives from the reading path when it decodes nothing
    (``peek_image_shape`` only), batch 256, the ImageNet-like JPEGs: dalaug's reader with its worker
    processes (the default), with ``io_workers=0`` (one reading thread in this process) and DALI's
@@ -50,6 +51,7 @@ from dalaug import workers
 
 CONSUMER_RATE = 3000  # images/s the simulated training step takes
 READ_DELAY = 0.001  # seconds added to each file read in the "1 ms per read" rows
+SLOW_READ_DELAY = 0.005  # and in the "5 ms per read" row: slow network storage
 SMALL_CROP = 112
 
 
@@ -168,6 +170,7 @@ def compare_rates(
         for name, delay in (
             ("dalaug's reader alone, local files", 0.0),
             ("dalaug's reader alone, 1 ms per read", READ_DELAY),
+            ("dalaug's reader alone, 5 ms per read", SLOW_READ_DELAY),
         ):
             with read_latency(delay):
                 runs.setdefault((name, False), []).append(reader_rate(root, batch, 3 * epochs))
@@ -265,14 +268,18 @@ def main() -> None:
     for name in ("dalaug, local files", "dalaug, 1 ms per read", "DALI readers.file, local files"):
         rate_rows.append([name, f"{rates[name, False]:,.0f}", f"**{rates[name, True]:,.0f}**"])
     rate_rows.append(["DALI readers.file, 1 ms per read", "n/a: no hook to slow its C++ reads", "n/a"])
-    for name in ("dalaug's reader alone, local files", "dalaug's reader alone, 1 ms per read"):
+    for name in (
+        "dalaug's reader alone, local files", "dalaug's reader alone, 1 ms per read",
+        "dalaug's reader alone, 5 ms per read",
+    ):  # fmt: skip
         rate_rows.append([f"{name} (read + check, no decoding)", f"{rates[name, False]:,.0f}", "—"])
     local, slow = rates["dalaug, local files", True], rates["dalaug, 1 ms per read", True]
     ceiling, io = rates["dalaug, local files", False], rates["dalaug's reader alone, 1 ms per read", False]
     limit = (
         f"dalaug with 1 ms per read delivers {slow:,.0f} img/s to the consumer, {slow / local:.0%} of "
         f"its rate on local files ({local:,.0f}); its decode ceiling here is {ceiling:,.0f} img/s and "
-        f"its reader alone, with 1 ms per read, supplies {io:,.0f} img/s. "
+        f"its reader alone, with 1 ms per read, supplies {io:,.0f} img/s ({workers.READS_IN_FLIGHT} "
+        f"files in flight per read worker once opens are seen to wait). "
         f"Target >= 2,700 img/s: {'met' if slow >= 2700 else 'not met'}"
         + (" here: decoding, not I/O, is the limit on this machine" if slow < 2700 and ceiling < 2700 else "")
         + "."

@@ -102,9 +102,10 @@ class Loader:
             ``"cuda:N"``; resolved once, here.
         seed: seeds the order, the augmentation and the operators; the same seed gives the same batches.
         num_threads: DALI CPU threads (default: the cores this process may use, split by rank).
-        io_workers: processes reading and checking files ahead (shared by the process's loaders;
-            each reads one file at a time). Local files need few; raise it for network storage,
-            where they mostly wait. 0 reads in one thread of this process.
+        io_workers: processes reading and checking files ahead (shared by the process's loaders).
+            Each reads one file at a time from local files, and up to ``READS_IN_FLIGHT`` (8) at
+            once from storage whose opens wait (network file systems); 0 reads in one thread of
+            this process.
         prefetch: batches DALI prepares ahead.
         roi_decode: decode only the crop window (fast); False decodes whole images first.
         max_bad_fraction: how much of the data set may turn out bad before iterating raises

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,35 @@ def test_a_chunk_is_read_into_shared_memory_and_bad_samples_are_named(photo_fold
     assert results[1][1].startswith("truncated JPEG") and results[1][0] is None
     assert results[2] == (None, "cannot read: No such file or directory")
     assert results[3] == (None, "not an image (starts with 'not a pi')")
+
+
+def test_on_storage_whose_opens_wait_a_worker_reads_many_files_at_once(photo_folder, tmp_path, monkeypatch):
+    # Every open waits 20 ms, as a network file system's round trip would (the benchmarks' knob).
+    monkeypatch.setenv(workers.LATENCY_VARIABLE, "0.02")
+    samples = resolve_source(photo_folder)
+    text = tmp_path / "notes.jpg"
+    text.write_bytes(b"not a picture at all")
+    items = [(samples.paths[i % len(samples)], -1, -1) for i in range(64)]
+    items[5], items[40] = (str(tmp_path / "gone.jpg"), -1, -1), (str(text), -1, -1)
+    pool = workers.ReadPool()
+    try:
+        pool.ensure(1)
+        begin = time.perf_counter()
+        results = pool.submit(items).result(timeout=60)
+        elapsed = time.perf_counter() - begin
+        threads = len(os.listdir(f"/proc/{pool.pids()[0]}/task"))
+    finally:
+        pool.close()
+    for i, (data, reason) in enumerate(results):  # in order, bad samples named in place
+        if i == 5:
+            assert (data, reason) == (None, "cannot read: No such file or directory")
+        elif i == 40:
+            assert data is None and reason.startswith("not an image")
+        else:
+            assert reason is None and np.array_equal(data, samples.read(i % len(samples)))
+    # One file at a time would take 64 x 20 ms at the least (a bound, not a speed target).
+    assert elapsed < 64 * 0.02
+    assert threads == 1 + workers.READS_IN_FLIGHT
 
 
 def test_memory_is_reused_once_the_batches_are_gone(photo_folder):
