@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import collections
 import itertools
+import math
 import mmap
 import os
 import pickle
@@ -58,14 +59,14 @@ _SMALLEST_BUFFER = 1 << 20
 # longer answers): it is replaced, and the chunk read once more before the loader raises.
 _REPLY_TIMEOUT = 600.0
 _KEEP_FREE = 2  # released buffers a worker keeps for the next chunks
-# Files each worker reads at once when its storage makes them wait. On network storage every open
-# and read is a round trip (1 ms: one file at a time caps a worker near 1,000 files/s); reads in
-# flight, in threads of the worker (whose GIL is its own), overlap them. An open slower than
-# _WAITING_OPEN among the first _PROBE files of a chunk tells such storage from local files (an
-# open there takes a few µs).
+# Files each worker opens or reads at once when its storage makes them wait. On network storage
+# every open and read is a round trip (1 ms: one file at a time caps a worker near 1,000 files/s);
+# files in flight, in threads of the worker (whose GIL is its own), overlap them. The first _PROBE
+# files of a chunk, timed, tell such storage (a network round trip: _SLOW_FILE or more a file) from
+# local files (~5 µs to open, ~15 µs to read and check 35 KB; up to ~70 µs into fresh pages).
 READS_IN_FLIGHT = 8
 _PROBE = 2
-_WAITING_OPEN = 50e-6
+_SLOW_FILE = 100e-6
 # Seconds a worker waits before each file it opens: network storage's latency, simulated for
 # benchmarks (benchmarks/bench_io.py). Read when a worker starts; see :func:`shutdown`.
 LATENCY_VARIABLE = "DALAUG_SIMULATED_READ_LATENCY"
@@ -361,14 +362,9 @@ def _read_chunk(
     items: list[Item], buffers: _Buffers, threads: ThreadPoolExecutor, latency: float = 0.0
 ) -> tuple[int, int, list]:
     """Read ``items`` into one buffer and check each: ``(buffer, size, [(start, length) or
-    (None, reason)])``. All files are opened, then all read into place.
-
-    The first ``_PROBE`` files are opened on this thread and timed. Opens that wait (network
-    storage: each is a round trip) send the rest to ``threads``, each taking a run of consecutive
-    items, so that ``READS_IN_FLIGHT`` round trips overlap; fast opens (local files) keep it all on
-    this thread, where the worker's threads would only contend for its GIL (a third fewer files/s).
-    A sample that fails to open or to pass its check is read again on its own
-    (:func:`read_checked`) and, if it passes then, appended."""
+    (None, reason)])``. All files are opened, then all read into place, each step spread over
+    ``threads`` when the storage makes it wait (:func:`_spread`). A sample that fails to open or to
+    pass its check is read again on its own (:func:`read_checked`) and, if it passes then, appended."""
 
     def open_run(run: range) -> list:
         entries = []  # (descriptor, offset, length) per item, None if it did not open
@@ -385,17 +381,7 @@ def _read_chunk(
             entries.append((descriptor, offset, length))
         return entries
 
-    probe = min(_PROBE, len(items))
-    begin = time.perf_counter()
-    opened = open_run(range(probe))
-    wide = probe > 0 and (time.perf_counter() - begin) / probe > _WAITING_OPEN
-
-    def each(work, indices: range) -> list:
-        if not wide:
-            return work(indices)
-        return [result for part in threads.map(work, _runs(indices, READS_IN_FLIGHT)) for result in part]
-
-    opened += each(open_run, range(probe, len(items)))
+    opened = _spread(open_run, len(items), threads)
     starts, size = [], 0
     for entry in opened:
         starts.append(size)
@@ -420,7 +406,7 @@ def _read_chunk(
                 os.close(descriptor)
         return places
 
-    places = each(read_run, range(len(items)))
+    places = _spread(read_run, len(items), threads)
     for i, place in enumerate(places):
         if place is not None:
             continue
@@ -435,11 +421,26 @@ def _read_chunk(
     return buffer, size, places
 
 
-def _runs(indices: range, parts: int) -> list[range]:
-    """``indices`` cut into at most ``parts`` consecutive runs of near-equal length."""
-    count = len(indices)
-    parts = max(1, min(parts, count))
-    return [indices[k * count // parts : (k + 1) * count // parts] for k in range(parts)]
+def _spread(work, count: int, threads: ThreadPoolExecutor) -> list:
+    """``work(range(count))``, one result per item, with as many files in flight as pays.
+
+    The first ``_PROBE`` items run on this thread, timed. If each of them waited (``_SLOW_FILE`` or
+    more: network storage, where every open and read is a round trip), the rest go to ``threads``
+    in ``READS_IN_FLIGHT`` runs of consecutive items (one task per run, not per file, keeps the
+    hand-offs cheap), so that their round trips overlap. Otherwise (local files) the rest stay on
+    this thread, where the worker's threads would only contend for its GIL (a third fewer files/s).
+    """
+    results, fastest = [], math.inf
+    for i in range(min(_PROBE, count)):
+        begin = time.perf_counter()
+        results += work(range(i, i + 1))
+        fastest = min(fastest, time.perf_counter() - begin)
+    rest = range(len(results), count)
+    if _SLOW_FILE <= fastest < math.inf:  # the fastest of the probes: one preemption cannot fool it
+        parts = max(1, min(READS_IN_FLIGHT, len(rest)))
+        runs = [rest[k * len(rest) // parts : (k + 1) * len(rest) // parts] for k in range(parts)]
+        return results + [result for part in threads.map(work, runs) for result in part]
+    return results + work(rest)
 
 
 def _serve(connection: socket.socket) -> None:
