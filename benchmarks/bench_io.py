@@ -279,7 +279,7 @@ def main() -> None:
         f"dalaug with 1 ms per read delivers {slow:,.0f} img/s to the consumer, {slow / local:.0%} of "
         f"its rate on local files ({local:,.0f}); its decode ceiling here is {ceiling:,.0f} img/s and "
         f"its reader alone, with 1 ms per read, supplies {io:,.0f} img/s ({workers.READS_IN_FLIGHT} "
-        f"files in flight per read worker once opens are seen to wait). "
+        f"files in flight per read worker once its files are seen to wait). "
         f"Target >= 2,700 img/s: {'met' if slow >= 2700 else 'not met'}"
         + (" here: decoding, not I/O, is the limit on this machine" if slow < 2700 and ceiling < 2700 else "")
         + "."
