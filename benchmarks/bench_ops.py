@@ -101,8 +101,10 @@ def _call(runner: Contestant, images: torch.Tensor, work: torch.Tensor, targets:
 
 def time_interleaved(
     runners: list[Contestant], images: torch.Tensor, targets: torch.Tensor, rounds: int, warmup: int
-) -> dict[str, float]:
-    """Median seconds per call of each contestant that runs, timed round-robin."""
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per call of each contestant that runs, timed round-robin; and on CUDA the
+    median host seconds the call itself takes (launching, not waiting): a call whose host time
+    reaches its elapsed time is bound by its launches, not by the GPU."""
     cuda = images.is_cuda
     work = images.clone()
     alive = []
@@ -114,6 +116,7 @@ def time_interleaved(
         except (RuntimeError, TypeError, ValueError) as error:
             print(f"skipped {runner.name} at {images.dtype}: {str(error).splitlines()[0][:100]}")
     samples: dict[str, list[float]] = {runner.name: [] for runner in alive}
+    host: dict[str, list[float]] = {runner.name: [] for runner in alive}
     for _ in range(rounds):
         for runner in alive:
             if runner.inplace:
@@ -123,7 +126,9 @@ def time_interleaved(
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 torch.cuda.synchronize()
                 start.record()
+                begin = time.perf_counter()
                 runner.run(batch, targets)
+                host[runner.name].append(time.perf_counter() - begin)
                 end.record()
                 torch.cuda.synchronize()
                 elapsed = start.elapsed_time(end) / 1e3
@@ -132,7 +137,8 @@ def time_interleaved(
                 runner.run(batch, targets)
                 elapsed = time.perf_counter() - begin
             samples[runner.name].append(elapsed)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return medians, {name: statistics.median(values) for name, values in host.items() if values}
 
 
 def copy_seconds(images: torch.Tensor, rounds: int) -> float:
@@ -160,6 +166,26 @@ def aten_ops_per_call(runner: Contestant, images: torch.Tensor, targets: torch.T
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         runner.run(work if runner.inplace else images, targets)
     return sum(event.name.startswith("aten::") for event in prof.events())
+
+
+def kernel_seconds_per_call(
+    runner: Contestant, images: torch.Tensor, targets: torch.Tensor, calls: int = 5
+) -> float | None:
+    """Seconds the GPU spends executing one call's kernels and copies (torch.profiler's CUDA
+    activity); elapsed time beyond it is time the GPU waits for the host during the call."""
+    work = images.clone()
+    batch = work if runner.inplace else images
+    try:
+        _call(runner, images, work, targets)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                runner.run(batch, targets)
+            torch.cuda.synchronize()
+        return sum(event.self_device_time_total for event in prof.key_averages()) / calls / 1e6
+    except Exception as error:  # a profiler that cannot trace here must not end the benchmark
+        print(f"kernel time of {runner.name}: not measured ({str(error).splitlines()[0][:100]})")
+        return None
 
 
 def syncs_per_call(runner: Contestant, images: torch.Tensor, targets: torch.Tensor, calls: int = 5) -> float:
@@ -194,16 +220,21 @@ def main() -> None:
     cpu_runners = runners if not cuda else contestants(torch.device("cpu"))
     load_before = os.getloadavg()[0]
     times: dict[str, dict[str, float]] = {}
+    host: dict[str, dict[str, float]] = {}
+    kernels: dict[str, dict[str, float | None]] = {}
     ops: dict[str, dict[str, int | None]] = {}
     syncs: dict[str, dict[str, float]] = {}
     copy: dict[str, float] = {}
     for label, dtype in DTYPES.items():
         images = base.to(device, dtype)
-        times[label] = time_interleaved(runners, images, targets, rounds, warmup)
+        times[label], host[label] = time_interleaved(runners, images, targets, rounds, warmup)
         ops[label] = {r.name: aten_ops_per_call(r, small.to(dtype), small_targets) for r in cpu_runners}
         if cuda:
             syncs[label] = {
                 r.name: syncs_per_call(r, images, targets) for r in runners if r.name in times[label]
+            }
+            kernels[label] = {
+                r.name: kernel_seconds_per_call(r, images, targets) for r in runners if r.name in times[label]
             }
             copy[label] = copy_seconds(images, rounds)
     load_after = os.getloadavg()[0]
@@ -214,13 +245,19 @@ def main() -> None:
 
     header = ["contestant"]
     for label in DTYPES:
-        header += [f"{label} ({unit})", f"{label} aten ops/call"] + ([f"{label} syncs/call"] if cuda else [])
+        header += [f"{label} ({unit})"]
+        header += [f"{label} host {unit}", f"{label} kernels {unit}"] if cuda else []
+        header += [f"{label} aten ops/call"] + ([f"{label} syncs/call"] if cuda else [])
     rows = []
     for runner in runners:
         row: list[object] = [runner.name]
         for label in DTYPES:
             seconds = times[label].get(runner.name)
-            row += [shown(None if seconds is None else seconds * scale), ops[label].get(runner.name) or "-"]
+            row.append(shown(None if seconds is None else seconds * scale))
+            if cuda:
+                for measured in (host[label].get(runner.name), kernels[label].get(runner.name)):
+                    row.append(shown(None if measured is None else measured * scale))
+            row.append(ops[label].get(runner.name) or "-")
             if cuda:
                 row.append(shown(syncs[label].get(runner.name), 1))
         rows.append(row)
@@ -244,7 +281,14 @@ def main() -> None:
         "In-place contestants restart from a fresh copy of the batch each call (untimed); "
         "torchvision and kornia return new tensors. aten ops/call: torch.profiler on an 8x3x64x64 "
         "CPU batch (the dispatches a call makes, a proxy for kernel launches). "
-        + ("syncs/call: `torch.cuda.set_sync_debug_mode('warn')` warnings per call. " if cuda else "")
+        + (
+            "host: the median host time of the call itself (launching; a call whose host time "
+            "reaches its elapsed time is launch-bound); kernels: GPU time in its kernels and copies "
+            "(torch.profiler, mean of 5 calls; elapsed beyond it is the GPU waiting for the host). "
+            "syncs/call: `torch.cuda.set_sync_debug_mode('warn')` warnings per call. "
+            if cuda
+            else ""
+        )
         + f"Load average (1 min) before/after: {load_before:.1f}/{load_after:.1f} on "
         f"{os.cpu_count()} logical CPUs; figures taken while other jobs compete are not representative.",
         "",
