@@ -362,26 +362,33 @@ def _read_chunk(
     items: list[Item], buffers: _Buffers, threads: ThreadPoolExecutor, latency: float = 0.0
 ) -> tuple[int, int, list]:
     """Read ``items`` into one buffer and check each: ``(buffer, size, [(start, length) or
-    (None, reason)])``. All files are opened, then all read into place, each step spread over
-    ``threads`` when the storage makes it wait (:func:`_spread`). A sample that fails to open or to
-    pass its check is read again on its own (:func:`read_checked`) and, if it passes then, appended."""
+    (None, reason)])``. Each file is opened once (a WebDataset shard's samples share it), then every
+    sample read into place, each step spread over ``threads`` when the storage makes it wait
+    (:func:`_spread`). A sample that fails to open or to pass its check is read again on its own
+    (:func:`read_checked`) and, if it passes then, appended."""
+    paths = list(dict.fromkeys(path for path, _, _ in items))
 
     def open_run(run: range) -> list:
-        entries = []  # (descriptor, offset, length) per item, None if it did not open
-        for path, offset, length in (items[i] for i in run):
+        files = []  # (descriptor, size) per path, None if it did not open
+        for path in (paths[i] for i in run):
             if latency:
                 time.sleep(latency)
             try:
                 descriptor = os.open(path, os.O_RDONLY)
             except OSError:
-                entries.append(None)
+                files.append(None)
                 continue
-            if offset < 0:
-                offset, length = 0, os.fstat(descriptor).st_size
-            entries.append((descriptor, offset, length))
-        return entries
+            files.append((descriptor, os.fstat(descriptor).st_size))
+        return files
 
-    opened = _spread(open_run, len(items), threads)
+    files = dict(zip(paths, _spread(open_run, len(paths), threads), strict=True))
+    opened = []  # (descriptor, offset, length) per item, None if its file did not open
+    for path, offset, length in items:
+        file = files[path]
+        if file is None:
+            opened.append(None)
+        else:  # offset -1: the whole file
+            opened.append((file[0], 0, file[1]) if offset < 0 else (file[0], offset, length))
     starts, size = [], 0
     for entry in opened:
         starts.append(size)
@@ -402,11 +409,12 @@ def _read_chunk(
                 places.append((starts[i], got) if good else None)
             except OSError:
                 places.append(None)
-            finally:
-                os.close(descriptor)
         return places
 
     places = _spread(read_run, len(items), threads)
+    for file in files.values():
+        if file is not None:
+            os.close(file[0])
     for i, place in enumerate(places):
         if place is not None:
             continue

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 from pathlib import Path
@@ -77,6 +79,33 @@ def test_on_storage_whose_opens_wait_a_worker_reads_many_files_at_once(photo_fol
     # One file at a time would take 64 x 20 ms at the least (a bound, not a speed target).
     assert elapsed < 64 * 0.02
     assert threads == 1 + workers.READS_IN_FLIGHT
+
+
+def test_the_samples_of_a_shard_share_one_open(photo_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("DALAUG_CACHE", str(tmp_path / "cache"))
+    photos = resolve_source(photo_folder)
+    shard = tmp_path / "shard-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i in range(64):
+            image = photos.read(i % len(photos)).tobytes()
+            for name, data in ((f"{i:06d}.jpg", image), (f"{i:06d}.cls", b"1")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    samples = resolve_source(shard)
+    items = [(samples.paths[i], int(samples.offsets[i]), int(samples.sizes[i])) for i in range(64)]
+    monkeypatch.setenv(workers.LATENCY_VARIABLE, "0.05")  # every open waits 50 ms
+    pool = workers.ReadPool()
+    try:
+        pool.ensure(1)
+        begin = time.perf_counter()
+        results = pool.submit(items).result(timeout=60)
+        elapsed = time.perf_counter() - begin
+    finally:
+        pool.close()
+    assert all(np.array_equal(data, photos.read(i % len(photos))) for i, (data, _) in enumerate(results))
+    # An open per sample would take (2 + 62 / 8) x 50 ms at the least, 8 at a time (a bound).
+    assert elapsed < 0.4
 
 
 def test_memory_is_reused_once_the_batches_are_gone(photo_folder):
