@@ -52,23 +52,27 @@ def test_a_chunk_is_read_into_shared_memory_and_bad_samples_are_named(photo_fold
     assert results[3] == (None, "not an image (starts with 'not a pi')")
 
 
-def test_on_storage_whose_opens_wait_a_worker_reads_many_files_at_once(photo_folder, tmp_path, monkeypatch):
-    # Every open waits 20 ms, as a network file system's round trip would (the benchmarks' knob).
-    monkeypatch.setenv(workers.LATENCY_VARIABLE, "0.02")
-    samples = resolve_source(photo_folder)
-    text = tmp_path / "notes.jpg"
-    text.write_bytes(b"not a picture at all")
-    items = [(samples.paths[i % len(samples)], -1, -1) for i in range(64)]
-    items[5], items[40] = (str(tmp_path / "gone.jpg"), -1, -1), (str(text), -1, -1)
+def read_slowly(items: list, latency: float, monkeypatch) -> tuple[list, float, int]:
+    """One worker reads ``items`` while every open waits ``latency`` s, as on a network file system
+    (the benchmarks' knob): the results, the seconds they took and the worker's thread count."""
+    monkeypatch.setenv(workers.LATENCY_VARIABLE, str(latency))
     pool = workers.ReadPool()
     try:
         pool.ensure(1)
         begin = time.perf_counter()
         results = pool.submit(items).result(timeout=60)
-        elapsed = time.perf_counter() - begin
-        threads = len(os.listdir(f"/proc/{pool.pids()[0]}/task"))
+        return results, time.perf_counter() - begin, len(os.listdir(f"/proc/{pool.pids()[0]}/task"))
     finally:
         pool.close()
+
+
+def test_on_storage_whose_opens_wait_a_worker_reads_many_files_at_once(photo_folder, tmp_path, monkeypatch):
+    samples = resolve_source(photo_folder)
+    text = tmp_path / "notes.jpg"
+    text.write_bytes(b"not a picture at all")
+    items = [(samples.paths[i % len(samples)], -1, -1) for i in range(64)]
+    items[5], items[40] = (str(tmp_path / "gone.jpg"), -1, -1), (str(text), -1, -1)
+    results, elapsed, threads = read_slowly(items, 0.02, monkeypatch)
     for i, (data, reason) in enumerate(results):  # in order, bad samples named in place
         if i == 5:
             assert (data, reason) == (None, "cannot read: No such file or directory")
@@ -94,15 +98,7 @@ def test_the_samples_of_a_shard_share_one_open(photo_folder, tmp_path, monkeypat
                 tar.addfile(info, io.BytesIO(data))
     samples = resolve_source(shard)
     items = [(samples.paths[i], int(samples.offsets[i]), int(samples.sizes[i])) for i in range(64)]
-    monkeypatch.setenv(workers.LATENCY_VARIABLE, "0.05")  # every open waits 50 ms
-    pool = workers.ReadPool()
-    try:
-        pool.ensure(1)
-        begin = time.perf_counter()
-        results = pool.submit(items).result(timeout=60)
-        elapsed = time.perf_counter() - begin
-    finally:
-        pool.close()
+    results, elapsed, _ = read_slowly(items, 0.05, monkeypatch)
     assert all(np.array_equal(data, photos.read(i % len(photos))) for i, (data, _) in enumerate(results))
     # An open per sample would take (2 + 62 / 8) x 50 ms at the least, 8 at a time (a bound).
     assert elapsed < 0.4
