@@ -39,7 +39,7 @@ def sides_for_area(
     ratio log-uniform in ``ratio``: the rectangle of torchvision's RandomErasing (and Cutout's ``scale``)."""
     area = rng.uniform(*scale, shape) * (height * width)
     aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), shape))
-    return np.round(np.sqrt(area * aspect)), np.round(np.sqrt(area / aspect))
+    return np.rint(np.sqrt(area * aspect)), np.rint(np.sqrt(area / aspect))
 
 
 def boxes_around(centre_y: Any, centre_x: Any, box_h: Any, box_w: Any, height: int, width: int) -> Any:

@@ -80,7 +80,7 @@ def exact_weight(lam: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     means the labels carry exactly the weight the pixels got.
     """
     steps = 2.0 / torch.finfo(dtype).eps
-    return np.round(lam * steps) / steps
+    return np.rint(lam * steps) / steps  # np.round's rounding at a tenth of its cost on a scalar
 
 
 class Mixup(Augmentation):
