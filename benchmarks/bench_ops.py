@@ -182,7 +182,8 @@ def kernel_seconds_per_call(
             for _ in range(calls):
                 runner.run(batch, targets)
             torch.cuda.synchronize()
-        return sum(event.self_device_time_total for event in prof.key_averages()) / calls / 1e6
+        busy = sum(event.self_device_time_total for event in prof.key_averages())
+        return busy / calls / 1e6 if busy > 0 else None  # nothing traced: CUPTI may be off limits here
     except Exception as error:  # a profiler that cannot trace here must not end the benchmark
         print(f"kernel time of {runner.name}: not measured ({str(error).splitlines()[0][:100]})")
         return None
@@ -283,7 +284,8 @@ def main() -> None:
         "CPU batch (the dispatches a call makes, a proxy for kernel launches). "
         + (
             "host: the median host time of the call itself (launching; a call whose host time "
-            "reaches its elapsed time is launch-bound); kernels: GPU time in its kernels and copies "
+            "reaches its elapsed time is launch-bound, or waits: see syncs/call); kernels: GPU time "
+            "in its kernels and copies "
             "(torch.profiler, mean of 5 calls; elapsed beyond it is the GPU waiting for the host). "
             "syncs/call: `torch.cuda.set_sync_debug_mode('warn')` warnings per call. "
             if cuda

@@ -35,7 +35,7 @@ if [ "$what" = train ] || [ "$what" = all ]; then
   step train-cuda "${TRAIN_S:-100}" python -m train --device cuda --epochs 4 --out /tmp/run-cuda
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  step bench-ops "${OPS_S:-90}" python -m benchmarks.bench_ops
+  step bench-ops "${OPS_S:-120}" python -m benchmarks.bench_ops
   step bench-gpu "${GPU_S:-240}" python -m benchmarks.bench_gpu
   cp BENCHMARKS.md "$OUT/"
 fi

@@ -63,7 +63,8 @@ _KEEP_FREE = 2  # released buffers a worker keeps for the next chunks
 # every open and read is a round trip (1 ms: one file at a time caps a worker near 1,000 files/s);
 # files in flight, in threads of the worker (whose GIL is its own), overlap them. The first _PROBE
 # files of a chunk, timed, tell such storage (a network round trip: _SLOW_FILE or more a file) from
-# local files (~5 µs to open, ~15 µs to read and check 35 KB; up to ~70 µs into fresh pages).
+# local files (~5 µs to open, ~15 µs to read and check 35 KB, more for large files or fresh pages:
+# those may spread, which costs little, as their copies release the GIL).
 READS_IN_FLIGHT = 8
 _PROBE = 2
 _SLOW_FILE = 100e-6
@@ -364,8 +365,9 @@ def _read_chunk(
     """Read ``items`` into one buffer and check each: ``(buffer, size, [(start, length) or
     (None, reason)])``. Each file is opened once (a WebDataset shard's samples share it), then every
     sample read into place, each step spread over ``threads`` when the storage makes it wait
-    (:func:`_spread`). A sample that fails to open or to pass its check is read again on its own
-    (:func:`read_checked`) and, if it passes then, appended."""
+    (:func:`_spread`; reads follow the opens: storage whose opens wait makes reads wait too). A
+    sample that fails to open or to pass its check is read again on its own (:func:`read_checked`)
+    and, if it passes then, appended."""
     paths = list(dict.fromkeys(path for path, _, _ in items))
 
     def open_run(run: range) -> list:
@@ -378,43 +380,21 @@ def _read_chunk(
             except OSError:
                 files.append(None)
                 continue
-            files.append((descriptor, os.fstat(descriptor).st_size))
+            try:
+                files.append((descriptor, os.fstat(descriptor).st_size))
+            except OSError:
+                os.close(descriptor)
+                files.append(None)
         return files
 
-    files = dict(zip(paths, _spread(open_run, len(paths), threads), strict=True))
-    opened = []  # (descriptor, offset, length) per item, None if its file did not open
-    for path, offset, length in items:
-        file = files[path]
-        if file is None:
-            opened.append(None)
-        else:  # offset -1: the whole file
-            opened.append((file[0], 0, file[1]) if offset < 0 else (file[0], offset, length))
-    starts, size = [], 0
-    for entry in opened:
-        starts.append(size)
-        size += 0 if entry is None else entry[2]
-    buffer = buffers.take(size)
-    memory = buffers.memory[buffer][1]
-
-    def read_run(run: range) -> list:
-        places = []  # (start, length) per item, None if it must be read again
-        for i in run:
-            if opened[i] is None:
-                places.append(None)
-                continue
-            descriptor, offset, length = opened[i]
-            try:
-                got = _read_into(descriptor, memoryview(memory)[starts[i] : starts[i] + length], offset)
-                good = check_encoded(np.frombuffer(memory, np.uint8, got, starts[i])) is None
-                places.append((starts[i], got) if good else None)
-            except OSError:
-                places.append(None)
-        return places
-
-    places = _spread(read_run, len(items), threads)
-    for file in files.values():
-        if file is not None:
-            os.close(file[0])
+    opened_wide, opened = _spread(open_run, len(paths), threads)
+    files = dict(zip(paths, opened, strict=True))
+    try:
+        places, buffer, size = _read_into_buffer(items, files, buffers, threads, opened_wide)
+    finally:
+        for file in files.values():
+            if file is not None:
+                os.close(file[0])
     for i, place in enumerate(places):
         if place is not None:
             continue
@@ -429,26 +409,66 @@ def _read_chunk(
     return buffer, size, places
 
 
-def _spread(work, count: int, threads: ThreadPoolExecutor) -> list:
-    """``work(range(count))``, one result per item, with as many files in flight as pays.
+def _read_into_buffer(
+    items: list[Item], files: dict, buffers: _Buffers, threads: ThreadPoolExecutor, wide: bool
+) -> tuple[list, int, int]:
+    """Each item's bytes read from its open file into one buffer, laid out in order, and checked:
+    ``([(start, length) or None (to read again)], buffer, size)``."""
+    spans = []  # (descriptor, offset, length) per item, None if its file did not open
+    for path, offset, length in items:
+        file = files[path]
+        if file is None:
+            spans.append(None)
+        else:  # offset -1: the whole file
+            spans.append((file[0], 0, file[1]) if offset < 0 else (file[0], offset, length))
+    starts, size = [], 0
+    for span in spans:
+        starts.append(size)
+        size += 0 if span is None else span[2]
+    buffer = buffers.take(size)
+    memory = buffers.memory[buffer][1]
 
-    The first ``_PROBE`` items run on this thread, timed. If each of them waited (``_SLOW_FILE`` or
-    more: network storage, where every open and read is a round trip), the rest go to ``threads``
-    in ``READS_IN_FLIGHT`` runs of consecutive items (one task per run, not per file, keeps the
-    hand-offs cheap), so that their round trips overlap. Otherwise (local files) the rest stay on
-    this thread, where the worker's threads would only contend for its GIL (a third fewer files/s).
+    def read_run(run: range) -> list:
+        places = []  # (start, length) per item, None if it must be read again
+        for i in run:
+            if spans[i] is None:
+                places.append(None)
+                continue
+            descriptor, offset, length = spans[i]
+            try:
+                got = _read_into(descriptor, memoryview(memory)[starts[i] : starts[i] + length], offset)
+                good = check_encoded(np.frombuffer(memory, np.uint8, got, starts[i])) is None
+                places.append((starts[i], got) if good else None)
+            except OSError:
+                places.append(None)
+        return places
+
+    return _spread(read_run, len(items), threads, wide)[1], buffer, size
+
+
+def _spread(work, count: int, threads: ThreadPoolExecutor, wide: bool = False) -> tuple[bool, list]:
+    """``work(range(count))``, one result per item, with as many files in flight as pays; and
+    whether they went to ``threads``.
+
+    Unless ``wide``, the first ``_PROBE`` items run on this thread, timed. If each of them waited
+    (``_SLOW_FILE`` or more: network storage, where every open and read is a round trip), the rest
+    go to ``threads`` in ``READS_IN_FLIGHT`` runs of consecutive items (one task per run, not per
+    file, keeps the hand-offs cheap), so that their round trips overlap. Otherwise (local files)
+    the rest stay on this thread, where the worker's threads would only contend for its GIL (a
+    third fewer files/s).
     """
     results, fastest = [], math.inf
-    for i in range(min(_PROBE, count)):
+    for i in range(0 if wide else min(_PROBE, count)):
         begin = time.perf_counter()
         results += work(range(i, i + 1))
         fastest = min(fastest, time.perf_counter() - begin)
     rest = range(len(results), count)
-    if _SLOW_FILE <= fastest < math.inf:  # the fastest of the probes: one preemption cannot fool it
-        parts = max(1, min(READS_IN_FLIGHT, len(rest)))
-        runs = [rest[k * len(rest) // parts : (k + 1) * len(rest) // parts] for k in range(parts)]
-        return results + [result for part in threads.map(work, runs) for result in part]
-    return results + work(rest)
+    wide = wide or _SLOW_FILE <= fastest < math.inf  # the fastest probe: one preemption cannot fool it
+    if not (wide and rest):
+        return wide, results + work(rest)
+    parts = min(READS_IN_FLIGHT, len(rest))
+    runs = [rest[k * len(rest) // parts : (k + 1) * len(rest) // parts] for k in range(parts)]
+    return wide, results + [result for part in threads.map(work, runs) for result in part]
 
 
 def _serve(connection: socket.socket) -> None:
