@@ -16,8 +16,10 @@ real photos, short side 256-512), batch 256, crop 224:
    epoch start), and its windows are whole waves of its workers (16 batches to warm up, 32 timed).
 2. **ResNet-50 training** (torchvision, bf16 autocast, channels_last, SGD, batch 256) on synthetic
    data already on the GPU (the ceiling), fed by dalaug (AutoAugment, bf16 channels_last output,
-   with and without ``dalaug.Mixup(alpha=0.2)``), and fed by torchvision's DataLoader (AutoAugment)
-   with timm's Mixup. Each as a fraction of the synthetic rate; 16 steps to warm up, 32 timed.
+   with and without ``dalaug.Mixup(alpha=0.2)``), fed by the hand-written DALI pipeline (DALI's
+   ``auto_augment_image_net``, dalaug's default thread count, float32 NCHW made channels_last) and
+   fed by torchvision's DataLoader (AutoAugment) with timm's Mixup. Each as a fraction of the
+   synthetic rate; 16 steps to warm up, 32 timed.
 3. **Host syncs per loader batch**, as ``torch.cuda.set_sync_debug_mode("warn")`` sees them (syncs
    made inside DALI's own library are not visible to it), over 20 batches after the first epoch.
 
@@ -202,8 +204,13 @@ def windows(per_epoch: int, wave: int) -> tuple[int, int]:
     return warmup, 2 * warmup
 
 
+def loader_default_threads(root: Path, args: argparse.Namespace) -> int:
+    """The DALI thread count dalaug's loader takes by default here (the cores this process may use)."""
+    return dalaug.Loader(root, args.batch, train=True, device=args.device).num_workers
+
+
 def compare_loaders(root: Path, args: argparse.Namespace, per_epoch: int) -> list[list[object]]:
-    default_threads = dalaug.Loader(root, args.batch, train=True, device=args.device).num_workers
+    default_threads = loader_default_threads(root, args)
     rows = []
     for policy in (None, "autoaugment"):
         configs = [
@@ -261,12 +268,18 @@ def synthetic_batches(args: argparse.Namespace, num_classes: int) -> Batches:
     return itertools.repeat((images, targets))
 
 
+def channels_last(batches: Batches) -> Batches:
+    """The batches of a loader that delivers NCHW, in the model's memory format."""
+    for images, targets in batches:
+        yield images.contiguous(memory_format=torch.channels_last), targets
+
+
 def timm_mixup_batches(root: Path, args: argparse.Namespace, epochs: int, num_classes: int) -> Batches:
     from timm.data import Mixup
 
     mixup = Mixup(mixup_alpha=0.2, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=num_classes)
-    for images, targets in torchvision_batches(root, args, epochs, "autoaugment"):
-        yield mixup(images.contiguous(memory_format=torch.channels_last), targets)
+    for images, targets in channels_last(torchvision_batches(root, args, epochs, "autoaugment")):
+        yield mixup(images, targets)
 
 
 def compare_training(root: Path, args: argparse.Namespace, per_epoch: int, num_classes: int
@@ -278,12 +291,15 @@ def compare_training(root: Path, args: argparse.Namespace, per_epoch: int, num_c
     model = model.to(args.device, memory_format=torch.channels_last)
     epochs = math.ceil((args.warmup_steps + args.steps) / per_epoch)
     train_config = dict(policy="autoaugment", dtype=torch.bfloat16, memory_format=torch.channels_last)
+    threads = loader_default_threads(root, args)
     feeds: list[tuple[str, Callable[[], Batches]]] = [
         ("synthetic data on the device (ceiling)", lambda: synthetic_batches(args, num_classes)),
         ("dalaug, AutoAugment", lambda: dalaug_batches(root, args, epochs, **train_config)),
         ("dalaug, AutoAugment + dalaug.Mixup(alpha=0.2)",
          lambda: dalaug_batches(root, args, epochs, **train_config,
                                 operators=[dalaug.Mixup(alpha=0.2, num_classes=num_classes)])),
+        (f"hand-written DALI ({threads} threads), DALI's auto_augment_image_net",
+         lambda: channels_last(dali_batches(root, args, epochs, threads=threads, policy="autoaugment"))),
         (f"torchvision DataLoader ({args.workers} workers), AutoAugment + timm Mixup(0.2)",
          lambda: timm_mixup_batches(root, args, epochs, num_classes)),
     ]  # fmt: skip
