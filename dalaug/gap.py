@@ -11,6 +11,7 @@ augmented one, so the difference can grow even while both fall).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,7 @@ def measure_gap(
     *,
     augmented: Iterable[tuple[Tensor, Tensor]] | None = None,
     seed: int = 0,
+    recalibrate_bn: bool = False,
 ) -> Gap:
     """The model's mean loss on clean batches and on the augmented version of the same samples.
 
@@ -70,6 +72,13 @@ def measure_gap(
             pipeline: e.g. a Loader with the policy and the clean one's seed, set to the same
             epoch. None: the operators act on the clean batches.
         seed: seed of the operators' generator.
+        recalibrate_bn: measure a copy of the model whose BatchNorm running statistics are
+            re-estimated on the clean batches (``torch.optim.swa_utils.update_bn``). In eval mode
+            a model normalises with the statistics it gathered in training: after a phase of
+            mixed images those are the mixed images' (lower variance), which sharpens its logits
+            on clean images and lowers their loss. Comparing a model trained with mixing to the
+            end with a refined one is fair only with statistics of the same data (EXPERIMENTS.md
+            shows both). The clean batches are then iterated twice: pass a list.
 
     Returns:
         A :class:`Gap` with both mean losses and the sample count.
@@ -97,7 +106,13 @@ def measure_gap(
         raise ValueError(
             f"augmented: {lengths[1]} batches, but clean has {lengths[0]}; give both the same samples"
         )
+    if not isinstance(recalibrate_bn, bool):
+        raise TypeError(f"recalibrate_bn: expected a bool, got {recalibrate_bn!r}")
     device = next((p.device for p in model.parameters()), None)
+    if recalibrate_bn:
+        clean = list(clean)
+        model = copy.deepcopy(model)  # the caller's model and its statistics stay as they are
+        torch.optim.swa_utils.update_bn(clean, model, device)
     # Operators draw their parameters on the host: one CPU generator serves every device.
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -132,3 +134,22 @@ def test_errors_name_the_argument(call, match):
 
 def test_gap_is_a_plain_record():
     assert Gap(clean=0.5, augmented=2.0, samples=10).gap == 1.5
+
+
+def test_recalibrated_bn_measures_with_the_clean_batches_own_statistics(trained):
+    # Running statistics gathered on other images (as after a phase of Mixup): the plain clean loss
+    # depends on them; with recalibrate_bn it does not, and the caller's model keeps its own.
+    stale = copy.deepcopy(trained)
+    norm = next(m for m in stale.modules() if isinstance(m, nn.BatchNorm2d))
+    norm.running_mean += 1.0
+    norm.running_var *= 0.25
+    stale.train()
+    kept = norm.running_mean.clone(), norm.running_var.clone()
+    batches = toy_batches(seed=1)
+    assert measure_gap(stale, batches).clean != measure_gap(trained, batches).clean
+    recalibrated = measure_gap(stale, batches, recalibrate_bn=True)
+    assert recalibrated == measure_gap(trained, batches, recalibrate_bn=True)
+    assert torch.equal(norm.running_mean, kept[0]) and torch.equal(norm.running_var, kept[1])
+    assert stale.training
+    with pytest.raises(TypeError, match="recalibrate_bn"):
+        measure_gap(stale, batches, recalibrate_bn="yes")
