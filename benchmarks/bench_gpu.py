@@ -204,13 +204,13 @@ def windows(per_epoch: int, wave: int) -> tuple[int, int]:
     return warmup, 2 * warmup
 
 
-def loader_default_threads(root: Path, args: argparse.Namespace) -> int:
+def loader_default_threads(root: Path, device: torch.device) -> int:
     """The DALI thread count dalaug's loader takes by default here (the cores this process may use)."""
-    return dalaug.Loader(root, args.batch, train=True, device=args.device).num_workers
+    return dalaug.Loader(root, 8, train=True, device=device).num_workers
 
 
 def compare_loaders(root: Path, args: argparse.Namespace, per_epoch: int) -> list[list[object]]:
-    default_threads = loader_default_threads(root, args)
+    default_threads = loader_default_threads(root, args.device)
     rows = []
     for policy in (None, "autoaugment"):
         configs = [
@@ -291,7 +291,7 @@ def compare_training(root: Path, args: argparse.Namespace, per_epoch: int, num_c
     model = model.to(args.device, memory_format=torch.channels_last)
     epochs = math.ceil((args.warmup_steps + args.steps) / per_epoch)
     train_config = dict(policy="autoaugment", dtype=torch.bfloat16, memory_format=torch.channels_last)
-    threads = loader_default_threads(root, args)
+    threads = loader_default_threads(root, args.device)
     feeds: list[tuple[str, Callable[[], Batches]]] = [
         ("synthetic data on the device (ceiling)", lambda: synthetic_batches(args, num_classes)),
         ("dalaug, AutoAugment", lambda: dalaug_batches(root, args, epochs, **train_config)),

@@ -45,13 +45,19 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 
 import dalaug
-from benchmarks.bench_gpu import Batches, dali_batches, epochs_of, photo_folder
+from benchmarks.bench_gpu import Batches, dali_batches, epochs_of, loader_default_threads, photo_folder
 from benchmarks.report import machine, markdown_table, write_section
 from dalaug import workers
 
 CONSUMER_RATE = 3000  # images/s the simulated training step takes
 READ_DELAY = 0.001  # seconds added to each file read in the "1 ms per read" rows
 SLOW_READ_DELAY = 0.005  # and in the "5 ms per read" row: slow network storage
+# The rows of dalaug's reader alone (the I/O ceiling) and the latency each adds to a file.
+READER_ALONE = {
+    "dalaug's reader alone, local files": 0.0,
+    "dalaug's reader alone, 1 ms per read": READ_DELAY,
+    "dalaug's reader alone, 5 ms per read": SLOW_READ_DELAY,
+}
 SMALL_CROP = 112
 
 
@@ -89,10 +95,6 @@ def reader_rate(root: Path, batch: int, epochs: int) -> float:
     rate = count / (time.perf_counter() - start)
     reader.close()
     return rate
-
-
-def loader_threads(root: Path) -> int:
-    return dalaug.Loader(root, 8, train=True, device="cpu").num_workers
 
 
 def plain_dali_batches(root: Path, batch: int, crop: int, epochs: int) -> Batches:
@@ -167,11 +169,7 @@ def compare_rates(
                     runs.setdefault((name, consumer), []).append(rate(make(), per_epoch, consumer))
                 print(f"  {name:32s} {'consumer' if consumer else 'no consumer':11s} "
                       f"{runs[name, consumer][-1]:7.0f} img/s", flush=True)  # fmt: skip
-        for name, delay in (
-            ("dalaug's reader alone, local files", 0.0),
-            ("dalaug's reader alone, 1 ms per read", READ_DELAY),
-            ("dalaug's reader alone, 5 ms per read", SLOW_READ_DELAY),
-        ):
+        for name, delay in READER_ALONE.items():
             with read_latency(delay):
                 runs.setdefault((name, False), []).append(reader_rate(root, batch, 3 * epochs))
             print(f"  {name:36s} {runs[name, False][-1]:7.0f} img/s", flush=True)
@@ -268,10 +266,7 @@ def main() -> None:
     for name in ("dalaug, local files", "dalaug, 1 ms per read", "DALI readers.file, local files"):
         rate_rows.append([name, f"{rates[name, False]:,.0f}", f"**{rates[name, True]:,.0f}**"])
     rate_rows.append(["DALI readers.file, 1 ms per read", "n/a: no hook to slow its C++ reads", "n/a"])
-    for name in (
-        "dalaug's reader alone, local files", "dalaug's reader alone, 1 ms per read",
-        "dalaug's reader alone, 5 ms per read",
-    ):  # fmt: skip
+    for name in READER_ALONE:
         rate_rows.append([f"{name} (read + check, no decoding)", f"{rates[name, False]:,.0f}", "—"])
     local, slow = rates["dalaug, local files", True], rates["dalaug, 1 ms per read", True]
     ceiling, io = rates["dalaug, local files", False], rates["dalaug's reader alone, 1 ms per read", False]
@@ -296,6 +291,7 @@ def main() -> None:
         ["reading path", "img/s DALI receives", "vs readers.file", "training-thread CPU-ms per batch"],
         feed_rows,
     )
+    threads = loader_default_threads(photos, torch.device("cpu"))
     markdown = (
         f"## Reading files off the training thread: dalaug vs DALI's readers.file (CPU)\n\n"
         f"`{command}` on {machine()}; date {time.strftime('%Y-%m-%d')}; median of {args.rounds} "
@@ -307,7 +303,7 @@ def main() -> None:
         f"{SMALL_CROP} px crop so that decoding is cheap; one warm-up epoch, {args.epochs} timed; "
         f"the consumer sleeps batch/{CONSUMER_RATE} s after each batch.\n\n{rate_table}\n\n{limit}\n\n"
         f"The feed ceiling: images/s a DALI pipeline receives when it decodes nothing "
-        f"(`peek_image_shape`), batch {batch}, the ImageNet-like JPEGs, {loader_threads(photos)} DALI "
+        f"(`peek_image_shape`), batch {batch}, the ImageNet-like JPEGs, {threads} DALI "
         f"threads. A GPU decodes ~27k img/s (H200, 16 threads): the reading path must feed more, "
         f"and leave the GIL to the training loop.\n\n{feed_table}\n"
     )
