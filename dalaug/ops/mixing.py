@@ -30,6 +30,7 @@ from dalaug.ops.boxes import (
     paste_box,
     paste_masked,
 )
+from dalaug.ops.fused import blend_mirrored
 from dalaug.ops.pairing import Partner, check_partner, draw_partner, partner_images, partner_tensor
 from dalaug.ops.sampling import to_device
 
@@ -99,7 +100,8 @@ class Mixup(Augmentation):
         inplace: blend into ``images`` instead of returning a new tensor.
         seed: seeds the operator's CPU generator (see ``BatchOp``).
 
-    ``sample`` returns ``MixupParams``. λ is rounded so that it is exact in the image dtype.
+    ``sample`` returns ``MixupParams``. λ is rounded so that it is exact in the image dtype. With
+    the mirror pairing a CUDA batch is blended in one pass (``dalaug.ops.fused``).
 
     Example:
         >>> import torch
@@ -155,11 +157,16 @@ class Mixup(Augmentation):
 
     def _apply_images(self, images: Tensor, params: MixupParams) -> Tensor:
         # Every path computes lerp(x, x_partner, 1 - λ), which returns x exactly at weight 0, so
-        # unmixed samples come back bit for bit. Two passes: the partners' copy, then the blend.
+        # unmixed samples come back bit for bit. Mirrored pairs on CUDA: one pass that reads each
+        # pair once. Otherwise two: the partners' copy, then the blend.
+        if not isinstance(params.lam, Tensor) and params.lam == 1.0:
+            return images
+        if params.mirrored:
+            blended = blend_mirrored(images, params.lam, inplace=self.inplace)
+            if blended is not None:
+                return blended
         if isinstance(params.lam, Tensor):
             weight: float | Tensor = (1.0 - params.lam).to(images.dtype).view(-1, 1, 1, 1)
-        elif params.lam == 1.0:
-            return images
         else:
             weight = 1.0 - params.lam
         donors = partner_images(images, params.partner, params.mirrored)

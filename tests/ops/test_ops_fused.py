@@ -1,0 +1,143 @@
+"""The one-pass mirrored-pair kernel (dalaug.ops.fused) gives what torch ops give.
+
+On a CUDA machine these tests run the compiled kernel through the operators. Elsewhere the same
+tests run on CPU batches under Triton's interpreter (``TRITON_INTERPRET=1``), in a child pytest:
+Triton reads that switch when it builds the kernel, so it cannot be turned on in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalaug.ops import CutMix, Mixup
+from dalaug.ops.fused import blend_mirrored
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+KERNEL_DEVICES = (
+    ["cpu"]
+    if INTERPRETED
+    else [
+        pytest.param(
+            "cuda",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")],
+        )
+    ]
+)
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+@pytest.fixture(params=KERNEL_DEVICES)
+def kernel_device(request) -> torch.device:
+    return torch.device(request.param)
+
+
+def _batch(device: torch.device, dtype: torch.dtype, size: int, layout: str, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(size, 3, 12, 10, generator=generator).to(dtype)
+    targets = torch.randint(0, 10, (size,), generator=generator)
+    images = images.to(device).contiguous(memory_format=LAYOUTS[layout])
+    return images, targets.to(device)
+
+
+def test_the_kernel_under_triton_s_interpreter_on_the_cpu():
+    if INTERPRETED:
+        pytest.skip("this is the interpreted run")
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-2000:]
+    assert " passed" in child.stdout
+
+
+@pytest.mark.parametrize("capability", [80, 90], ids=["ampere", "hopper"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_the_kernel_compiles_for_data_centre_gpus_with_vector_loads(capability, dtype):
+    """Triton's own compiler and ptxas, for A100 and H100/H200, with the alignment the launcher
+    proves for a dense batch (pointers and the sample stride divisible by 16): a whole sample is
+    read and written in 128-bit vectors, and a box in scalars through its strides."""
+    if INTERPRETED:
+        pytest.skip("compiles, does not interpret")
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from dalaug.ops.triton_pairs import blend_pairs
+
+    ints = ["batch", "stride_n", "rows_per_channel", "cols", "start", "stride_c", "stride_h", "stride_w"]
+    constexpr = dict.fromkeys(["PER_SAMPLE", "BOX", "BLOCK"], "constexpr")
+    for per_sample in (False, True):
+        for box in (False, True):
+            signature = {"src": f"*{dtype}", "dst": f"*{dtype}", "lam": "*fp32", "weight": "fp32"}
+            signature |= dict.fromkeys(ints, "i32") | constexpr
+            constexprs = {"PER_SAMPLE": per_sample, "BOX": box, "BLOCK": 128 if box else 1024}
+            aligned = {(index,): [["tt.divisibility", 16]] for index in (0, 1, 2, 5)}
+            source = ASTSource(fn=blend_pairs, signature=signature, constexprs=constexprs, attrs=aligned)
+            ptx = triton.compile(source, target=GPUTarget("cuda", capability, 32)).asm["ptx"]
+            assert ("ld.global.v4" in ptx and "st.global.v4" in ptx) == (not box), (per_sample, box)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("size", [1, 7, 8])
+def test_mixup_blends_each_mirrored_pair(kernel_device, dtype, layout, inplace, size):
+    images, targets = _batch(kernel_device, dtype, size, layout)
+    op = Mixup(alpha=1.0, num_classes=10, inplace=inplace, seed=0)
+    params = op.sample(images)
+    assert blend_mirrored(images.clone(), params.lam, inplace=True) is not None  # the kernel runs
+    out, soft = op.apply(images.clone(), targets, params)
+    expected = torch.lerp(images, images.flip(0), 1.0 - params.lam)
+    torch.testing.assert_close(out, expected)
+    assert out.is_contiguous(memory_format=LAYOUTS[layout])
+    torch.testing.assert_close(soft.sum(1), torch.ones(size, device=kernel_device))
+    if size % 2:  # the middle sample is its own partner
+        assert torch.equal(out[size // 2], images[size // 2])
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_per_sample_mixup_leaves_unmixed_samples_bit_for_bit(kernel_device, inplace):
+    images, targets = _batch(kernel_device, torch.bfloat16, 9, "channels_last")
+    op = Mixup(alpha=0.4, num_classes=10, p=0.5, per_sample=True, inplace=inplace, seed=1)
+    params = op.sample(images)
+    out, _ = op.apply(images.clone(), targets, params)
+    weight = (1.0 - params.lam).to(images.dtype).view(-1, 1, 1, 1)
+    torch.testing.assert_close(out, torch.lerp(images, images.flip(0), weight))
+    unmixed = (params.lam == 1.0).cpu()
+    assert 0 < int(unmixed.sum()) < 9
+    assert torch.equal(out.cpu()[unmixed], images.cpu()[unmixed])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("inplace", [False, True])
+def test_cutmix_exchanges_the_patches_of_mirrored_pairs_exactly(kernel_device, dtype, layout, inplace):
+    images, targets = _batch(kernel_device, dtype, 7, layout)
+    op = CutMix(alpha=1.0, num_classes=10, inplace=inplace, seed=0)
+    for _ in range(3):
+        params = op.sample(images)
+        top, bottom, left, right = params.boxes
+        out, _ = op.apply(images.clone(), targets, params)
+        expected = images.clone()
+        expected[:, :, top:bottom, left:right] = images.flip(0)[:, :, top:bottom, left:right]
+        assert torch.equal(out, expected)
+        assert out.is_contiguous(memory_format=LAYOUTS[layout])
+
+
+def test_batches_the_kernel_does_not_take_go_to_torch_ops(kernel_device):
+    images, targets = _batch(kernel_device, torch.float32, 8, "nchw")
+    strided = images[..., ::2]  # a view with holes
+    assert blend_mirrored(strided, 0.5, inplace=False) is None
+    assert blend_mirrored(images.double(), 0.5, inplace=False) is None
+    op = Mixup(num_classes=10, seed=0)
+    params = op.sample(strided)
+    out, _ = op.apply(strided, targets, params)
+    torch.testing.assert_close(out, torch.lerp(strided, strided.flip(0), 1.0 - params.lam))
