@@ -169,10 +169,9 @@ def smoothed_one_hot(targets: Tensor, num_classes: int, smoothing: float, *, mar
     """
     off = smoothing / num_classes
     hot = targets[:, None] == _class_indices(num_classes, targets.device)
-    rows = torch.where(hot, 1.0 - smoothing + off, off)  # one kernel; the scalars stay on the host
-    if mark_invalid:
-        rows.masked_fill_(hot.any(1, keepdim=True).logical_not_(), math.nan)
-    return rows
+    if mark_invalid:  # each row's "elsewhere" value: s / C, or NaN where no column matched
+        off = torch.where(hot.any(1, keepdim=True), off, math.nan)
+    return torch.where(hot, 1.0 - smoothing + smoothing / num_classes, off)  # the scalars stay on the host
 
 
 @functools.lru_cache(maxsize=64)
