@@ -25,6 +25,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python -c "import torch, nvidia.dali as d; print('torch', torch.__version__, '| DALI', d.__version__)"
+  python -c "import triton; print('triton', triton.__version__)"
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
