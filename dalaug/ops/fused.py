@@ -1,19 +1,23 @@
-"""Blend each mirrored pair of samples in one pass: read images i and N - 1 - i once, write both.
+"""Mix each mirrored pair of samples in one pass: read images i and N - 1 - i once, write both.
 
-The mirror pairing (timm's ``flip``) makes the mix an exchange within pairs. With torch ops an
+The mirror pairing (timm's ``flip``) makes a mix an exchange within pairs. With torch ops an
 in-place Mixup takes a flipped copy of the batch and then blends into it: five batch-sized memory
 passes (read and write the copy; read two batches and write one) where a pair needs one read and
-one write, so it can move at most 40% of a copy's bandwidth. A CUDA batch of float32, float16 or
-bfloat16 is blended here by one Triton kernel (Triton comes with torch's CUDA builds): each program
-loads a stretch of sample i and the same stretch of its mirror, and stores both blends. A box
-restricts the blend to a patch, and weight 1 inside it exchanges the patches: CutMix with one box
-for the batch.
+one write, so it can move at most 40% of a copy's bandwidth; per-sample CutMix adds a mask built in
+a dozen small kernels. A CUDA batch of float32, float16 or bfloat16 is mixed here by one Triton
+kernel (Triton comes with torch's CUDA builds), each program loading a stretch of sample i and the
+same stretch of its mirror and storing both results:
 
-The arithmetic is ``torch.lerp``'s (ATen's ``Lerp.h``), in float32 as torch's opmath: exact at
+- :func:`blend_mirrored`: Mixup's blend, over whole images or inside one box for the batch, where
+  weight 1 exchanges the pairs' patches (CutMix with one box);
+- :func:`exchange_mirrored_boxes`: CutMix (and SaliencyMix) with a box per sample; in place only
+  the boxes are read across and written.
+
+The blend is ``torch.lerp``'s arithmetic (ATen's ``Lerp.h``) in float32, torch's opmath: exact at
 weight 0 (a sample that is not mixed keeps its pixels bit for bit) and at weight 1 (a patch comes
-over unchanged). Anywhere else (the CPU, float64, no Triton) :func:`blend_mirrored` returns None and
-the operator does the same with torch ops. If a launch fails (an unsupported GPU or Triton version)
-the reason is logged once and the torch ops take over for the rest of the process.
+over unchanged). Anywhere else (the CPU, float64, a batch with holes, no Triton) these functions
+return None and the operator does the same with torch ops. If a launch fails (an unsupported GPU or
+Triton version) the reason is logged once and torch ops take over for the rest of the process.
 
 Tested on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``, tests/ops/test_ops_fused.py).
 """
@@ -55,80 +59,130 @@ def blend_mirrored(
         box: blend only inside this non-empty patch (host ints); None blends the whole image.
 
     Returns:
-        The blended batch, or None where the kernel does not run (the caller then uses torch ops).
+        The mixed batch, or None where the kernel does not run (the caller then uses torch ops).
     """
-    if images.device.type != _device_type() or images.dtype not in _DTYPES:
-        return None
-    if images.ndim != 4 or images.shape[0] == 0 or not _dense(images):
-        return None  # a view with holes or overlaps (an expanded batch) is left to torch's checks
-    if isinstance(lam, Tensor) and (
-        lam.shape != images.shape[:1] or lam.dtype != torch.float32 or lam.device != images.device
-    ):
+    per_sample = isinstance(lam, Tensor)
+    if not _takes(images) or per_sample and not _per_sample(lam, images, torch.float32, (images.shape[0],)):
         return None
     grid, region, block = _region(images, box)  # a new batch gets the same strides
-    kernel = _kernel()
-    if kernel is None or max(grid[1:]) > _MAX_GRID_YZ:
+    if max(grid[1:]) > _MAX_GRID_YZ:
         return None
     if box is None:
         src, dst = images, images if inplace else torch.empty_like(images)
     else:  # out of place, the patch is exchanged within a copy
         src = dst = images if inplace else images.clone()
-    per_sample = isinstance(lam, Tensor)
+    weights = dict(lam=lam, weight=0.0) if per_sample else dict(lam=src, weight=1.0 - float(lam))
+    launched = _launch(
+        "blend_pairs", grid, src, dst=dst, **weights, batch=src.shape[0], stride_n=src.stride(0),
+        **region, PER_SAMPLE=per_sample, BOX=box is not None, BLOCK=block,
+    )  # fmt: skip
+    return dst if launched else None
+
+
+def exchange_mirrored_boxes(images: Tensor, boxes: Tensor, *, inplace: bool) -> Tensor | None:
+    """Inside its own box each image of a mirrored pair takes the other's pixels: CutMix's paste
+    with a box per sample, in one kernel on CUDA.
+
+    Args:
+        images: as for :func:`blend_mirrored`.
+        boxes: int64 (N, 4) or (1, 4) rows (top, bottom, left, right) on the images' device,
+            bottom/right exclusive, clipped to the image; empty where a sample is not mixed.
+        inplace: write into ``images``; otherwise into a new batch in the same memory format.
+
+    Returns:
+        The mixed batch, or None where the kernel does not run (the caller then uses torch ops).
+    """
+    batch, channels, height, width = images.shape if images.ndim == 4 else (0, 0, 0, 0)
+    if not _takes(images) or not (
+        _per_sample(boxes, images, torch.int64, (batch, 4)) or _per_sample(boxes, images, torch.int64, (1, 4))
+    ):
+        return None
+    blocks = -(-images.stride(0) // _FLAT_BLOCK)
+    if blocks > _MAX_GRID_YZ:
+        return None
+    boxes = boxes.contiguous()
+    dst = images if inplace else torch.empty_like(images)
+    launched = _launch(
+        "exchange_boxes", ((batch + 1) // 2, blocks), images, dst=dst, boxes=boxes,
+        box_stride=4 if boxes.shape[0] == batch else 0, batch=batch, stride_n=images.stride(0),
+        channels=channels, height=height, width=width,
+        CHANNELS_LAST=not images.is_contiguous(), INPLACE=inplace, BLOCK=_FLAT_BLOCK,
+    )  # fmt: skip
+    return dst if launched else None
+
+
+def _takes(images: Tensor) -> bool:
+    """Whether the kernels can take this batch: 4-D, one of their dtypes, on their device, and
+    dense (every sample one stretch of C*H*W elements, NCHW or NHWC inside, N of them back to
+    back; empty_like and clone keep that). A view with holes or overlaps (an expanded batch) is
+    left to torch ops and their checks."""
+    return (
+        images.device.type == _device_type()
+        and images.dtype in _DTYPES
+        and images.ndim == 4
+        and images.shape[0] > 0
+        and (images.is_contiguous() or images.is_contiguous(memory_format=torch.channels_last))
+    )
+
+
+def _per_sample(values: Tensor, images: Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
+    return values.shape == shape and values.dtype == dtype and values.device == images.device
+
+
+def _launch(name: str, grid: tuple[int, ...], src: Tensor, **arguments: Any) -> bool:
+    """Launch kernel ``name`` of :mod:`dalaug.ops.triton_pairs` on ``src``'s device; False where
+    Triton is missing or has failed (logged once; torch ops take over for good)."""
+    kernels = _kernels()
+    if kernels is None:
+        return False
     try:
         with torch.cuda.device(src.device) if src.is_cuda else contextlib.nullcontext():
-            kernel[grid](
-                src, dst, lam if per_sample else src, 0.0 if per_sample else 1.0 - float(lam),
-                src.shape[0], src.stride(0), *region, PER_SAMPLE=per_sample, BOX=box is not None,
-                BLOCK=block,
-            )  # fmt: skip
-    except Exception as error:  # a compile or launch failure: torch ops take over for good
-        log.warning("the fused mirrored-pair kernel failed; torch ops take over: %s", error)
+            getattr(kernels, name)[grid](src, **arguments)
+    except Exception as error:  # a compile or launch failure
+        log.warning("the fused mirrored-pair kernels failed; torch ops take over: %s", error)
         _disabled.append(error)
-        _kernel.cache_clear()
-        return None
-    return dst
+        _kernels.cache_clear()
+        return False
+    return True
 
 
-_disabled: list[BaseException] = []  # the failure that turned the kernel off, if one did
+_disabled: list[BaseException] = []  # the failure that turned the kernels off, if one did
 
 
-def _region(images: Tensor, box: HostBox | None) -> tuple[tuple[int, int, int], tuple[int, ...], int]:
-    """The launch grid (pairs, rows, column blocks), the region's addressing within a sample (rows
-    per channel, columns, start, channel / row / column strides) and the columns per program. A
-    whole sample is one row of C*H*W elements, whatever its layout inside; a box is walked through
-    the strides."""
+def _region(images: Tensor, box: HostBox | None) -> tuple[tuple[int, int, int], dict[str, int], int]:
+    """The launch grid (pairs, rows, column blocks), the region's addressing within a sample and
+    the columns per program. A whole sample is one row of C*H*W elements, whatever its layout
+    inside; a box is walked through the strides, its rows going ``bottom - top`` to a channel."""
     batch, channels, height, width = images.shape
     if box is None:
-        rows, region, block = 1, (1, channels * height * width, 0, 0, 0, 1), _FLAT_BLOCK
+        rows, block = 1, _FLAT_BLOCK
+        region = dict(rows_per_channel=1, cols=channels * height * width, start=0, stride_c=0,
+                      stride_h=0, stride_w=1)  # fmt: skip
     else:
         top, bottom, left, right = box
         _, stride_c, stride_h, stride_w = images.stride()
-        start = top * stride_h + left * stride_w
         rows, block = channels * (bottom - top), _ROW_BLOCK
-        region = (bottom - top, right - left, start, stride_c, stride_h, stride_w)
-    return ((batch + 1) // 2, rows, -(-region[1] // block)), region, block
-
-
-def _dense(images: Tensor) -> bool:
-    """Every sample one stretch of C*H*W elements, N of them back to back (empty_like and clone
-    keep the strides)."""
-    return images.is_contiguous() or images.is_contiguous(memory_format=torch.channels_last)
+        start = top * stride_h + left * stride_w
+        region = dict(rows_per_channel=bottom - top, cols=right - left, start=start, stride_c=stride_c,
+                      stride_h=stride_h, stride_w=stride_w)  # fmt: skip
+    return ((batch + 1) // 2, rows, -(-region["cols"] // block)), region, block
 
 
 @functools.cache
 def _device_type() -> str:
-    """Where the kernel runs: on CUDA batches, or on CPU ones under Triton's interpreter
-    (``TRITON_INTERPRET=1``), which is how the tests run it on a machine without a GPU."""
+    """Where the kernels run: on CUDA batches, or on CPU ones under Triton's interpreter
+    (``TRITON_INTERPRET=1``), which is how the tests run them on a machine without a GPU."""
     return "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
 
 @functools.cache
-def _kernel() -> Any:
-    """The Triton kernel, compiled on its first launch; None where Triton is missing or failed."""
+def _kernels() -> Any:
+    """The kernels' module (each compiled on its first launch); None where Triton is missing or
+    has failed. Imported here, not above: importing dalaug never imports Triton."""
     if _disabled:
         return None
     try:
-        from dalaug.ops.triton_pairs import blend_pairs
+        from dalaug.ops import triton_pairs
     except ImportError:
         return None
-    return blend_pairs
+    return triton_pairs

@@ -30,7 +30,7 @@ from dalaug.ops.boxes import (
     paste_box,
     paste_masked,
 )
-from dalaug.ops.fused import blend_mirrored
+from dalaug.ops.fused import blend_mirrored, exchange_mirrored_boxes
 from dalaug.ops.pairing import Partner, check_partner, draw_partner, partner_images, partner_tensor
 from dalaug.ops.sampling import to_device
 
@@ -186,7 +186,7 @@ class CutMix(Augmentation):
     centre is uniform over the image, and it is clipped at the borders; λ is then recomputed as the
     exact fraction of pixels that stayed from the original image. One box for the batch is a host
     box, and only the patch is copied; per-sample boxes select the partner's pixels with one
-    broadcast mask.
+    broadcast mask. With the mirror pairing a CUDA batch is mixed in one pass (``dalaug.ops.fused``).
 
     Args:
         alpha: λ ~ Beta(alpha, alpha); alpha > 0.
@@ -262,6 +262,10 @@ class CutMix(Augmentation):
     def _apply_images(self, images: Tensor, params: BoxParams) -> Tensor:
         if isinstance(params.boxes, tuple):
             return paste_box(images, params.boxes, params.partner, params.mirrored, inplace=self.inplace)
+        if params.mirrored:
+            exchanged = exchange_mirrored_boxes(images, params.boxes, inplace=self.inplace)
+            if exchanged is not None:
+                return exchanged
         mask = box_mask(params.boxes, *images.shape[-2:])[:, None]
         return paste_masked(images, mask, params.partner, params.mirrored, inplace=self.inplace)
 

@@ -47,3 +47,42 @@ def blend_pairs(
         weight_mirror = weight
     tl.store(dst + at_own, lerp(own, other, weight_own).to(dst.dtype.element_ty), mask=inside)
     tl.store(dst + at_mirror, lerp(other, own, weight_mirror).to(dst.dtype.element_ty), mask=inside)
+
+
+@triton.jit(do_not_specialize=["batch"])
+def exchange_boxes(
+    src, dst, boxes, box_stride, batch, stride_n, channels, height, width,
+    CHANNELS_LAST: tl.constexpr, INPLACE: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Program (pair, block of a sample): inside its own box (``boxes``: int64 rows (top, bottom,
+    left, right), ``box_stride`` apart, 0 for one box shared by the batch) each image of a mirrored
+    pair takes the other's pixels; outside it keeps its own. A sample is ``stride_n`` elements, NCHW
+    or (CHANNELS_LAST) NHWC inside. In place only the boxes are written."""
+    pair = tl.program_id(0).to(tl.int64)
+    offset = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offset < stride_n
+    if CHANNELS_LAST:
+        col = (offset // channels) % width
+        row = offset // (channels * width)
+    else:
+        col = offset % width
+        row = (offset // width) % height
+    mirror = batch - 1 - pair
+    own_box = boxes + pair * box_stride
+    mirror_box = boxes + mirror * box_stride
+    in_own = (row >= tl.load(own_box)) & (row < tl.load(own_box + 1))
+    in_own = in_own & (col >= tl.load(own_box + 2)) & (col < tl.load(own_box + 3))
+    in_mirror = (row >= tl.load(mirror_box)) & (row < tl.load(mirror_box + 1))
+    in_mirror = in_mirror & (col >= tl.load(mirror_box + 2)) & (col < tl.load(mirror_box + 3))
+    at_own = pair * stride_n + offset
+    at_mirror = mirror * stride_n + offset
+    if INPLACE:  # read what crosses over, write only the boxes
+        own = tl.load(src + at_own, mask=inside & in_mirror)
+        other = tl.load(src + at_mirror, mask=inside & in_own)
+        tl.store(dst + at_own, other, mask=inside & in_own)
+        tl.store(dst + at_mirror, own, mask=inside & in_mirror)
+    else:
+        own = tl.load(src + at_own, mask=inside)
+        other = tl.load(src + at_mirror, mask=inside)
+        tl.store(dst + at_own, tl.where(in_own, other, own), mask=inside)
+        tl.store(dst + at_mirror, tl.where(in_mirror, own, other), mask=inside)

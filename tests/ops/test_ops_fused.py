@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from dalaug.ops import CutMix, Mixup
-from dalaug.ops.fused import blend_mirrored
+from dalaug.ops.boxes import box_mask
+from dalaug.ops.fused import blend_mirrored, exchange_mirrored_boxes
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 KERNEL_DEVICES = (
@@ -58,31 +59,63 @@ def test_the_kernel_under_triton_s_interpreter_on_the_cpu():
     assert " passed" in child.stdout
 
 
-@pytest.mark.parametrize("capability", [80, 90], ids=["ampere", "hopper"])
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_the_kernel_compiles_for_data_centre_gpus_with_vector_loads(capability, dtype):
-    """Triton's own compiler and ptxas, for A100 and H100/H200, with the alignment the launcher
-    proves for a dense batch (pointers and the sample stride divisible by 16): a whole sample is
-    read and written in 128-bit vectors, and a box in scalars through its strides."""
-    if INTERPRETED:
-        pytest.skip("compiles, does not interpret")
-    triton = pytest.importorskip("triton")
+def _ptx(kernel, signature: dict, constexprs: dict, aligned: tuple[int, ...], capability: int) -> str:
+    """PTX of ``kernel`` from Triton's own compiler (and ptxas) for a GPU of ``capability``, with
+    the arguments at ``aligned`` known divisible by 16, as Triton's launcher proves for a dense
+    batch (its pointers and sample stride)."""
+    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from dalaug.ops.triton_pairs import blend_pairs
+    signature = signature | dict.fromkeys(constexprs, "constexpr")
+    attrs = {(index,): [["tt.divisibility", 16]] for index in aligned}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32)).asm["ptx"]
 
-    ints = ["batch", "stride_n", "rows_per_channel", "cols", "start", "stride_c", "stride_h", "stride_w"]
-    constexpr = dict.fromkeys(["PER_SAMPLE", "BOX", "BLOCK"], "constexpr")
+
+@pytest.mark.parametrize("capability", [80, 90], ids=["ampere", "hopper"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_the_kernels_compile_for_data_centre_gpus_with_vector_loads(capability, dtype):
+    """For A100 and H100/H200: a whole sample is read and written in 128-bit vectors (Mixup, and
+    per-sample boxes out of place); a box's rows in scalars through their strides."""
+    if INTERPRETED:
+        pytest.skip("compiles, does not interpret")
+    pytest.importorskip("triton")
+    from dalaug.ops.triton_pairs import blend_pairs, exchange_boxes
+
+    def vectorised(ptx: str) -> bool:
+        return "ld.global.v4" in ptx and "st.global.v4" in ptx
+
+    blend_ints = [
+        "batch",
+        "stride_n",
+        "rows_per_channel",
+        "cols",
+        "start",
+        "stride_c",
+        "stride_h",
+        "stride_w",
+    ]
     for per_sample in (False, True):
         for box in (False, True):
             signature = {"src": f"*{dtype}", "dst": f"*{dtype}", "lam": "*fp32", "weight": "fp32"}
-            signature |= dict.fromkeys(ints, "i32") | constexpr
             constexprs = {"PER_SAMPLE": per_sample, "BOX": box, "BLOCK": 128 if box else 1024}
-            aligned = {(index,): [["tt.divisibility", 16]] for index in (0, 1, 2, 5)}
-            source = ASTSource(fn=blend_pairs, signature=signature, constexprs=constexprs, attrs=aligned)
-            ptx = triton.compile(source, target=GPUTarget("cuda", capability, 32)).asm["ptx"]
-            assert ("ld.global.v4" in ptx and "st.global.v4" in ptx) == (not box), (per_sample, box)
+            ptx = _ptx(
+                blend_pairs,
+                signature | dict.fromkeys(blend_ints, "i32"),
+                constexprs,
+                (0, 1, 2, 5),
+                capability,
+            )
+            assert vectorised(ptx) == (not box), (per_sample, box)
+    exchange_ints = ["box_stride", "batch", "stride_n", "channels", "height", "width"]
+    for inplace in (False, True):
+        signature = {"src": f"*{dtype}", "dst": f"*{dtype}", "boxes": "*i64"} | dict.fromkeys(
+            exchange_ints, "i32"
+        )
+        constexprs = {"CHANNELS_LAST": True, "INPLACE": inplace, "BLOCK": 1024}
+        ptx = _ptx(exchange_boxes, signature, constexprs, (0, 1, 2, 5), capability)
+        assert vectorised(ptx) or inplace, inplace  # in place the box edges cut the vectors
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
@@ -132,11 +165,37 @@ def test_cutmix_exchanges_the_patches_of_mirrored_pairs_exactly(kernel_device, d
         assert out.is_contiguous(memory_format=LAYOUTS[layout])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("size", [1, 7, 8])
+def test_per_sample_boxes_take_the_mirror_s_pixels_exactly(kernel_device, dtype, layout, inplace, size):
+    images, targets = _batch(kernel_device, dtype, size, layout)
+    op = CutMix(alpha=1.0, num_classes=10, p=0.7, per_sample=True, inplace=inplace, seed=2)
+    for _ in range(3):
+        params = op.sample(images)
+        assert exchange_mirrored_boxes(images.clone(), params.boxes, inplace=True) is not None
+        out, _ = op.apply(images.clone(), targets, params)
+        inside = box_mask(params.boxes, *images.shape[-2:])[:, None]
+        assert torch.equal(out, torch.where(inside, images.flip(0), images))
+        assert out.is_contiguous(memory_format=LAYOUTS[layout])
+
+
+def test_one_box_as_a_tensor_serves_the_whole_batch(kernel_device):
+    images, _ = _batch(kernel_device, torch.float32, 6, "channels_last")
+    box = torch.tensor([[2, 9, 1, 4]], device=kernel_device)
+    out = exchange_mirrored_boxes(images, box, inplace=False)
+    expected = images.clone()
+    expected[:, :, 2:9, 1:4] = images.flip(0)[:, :, 2:9, 1:4]
+    assert torch.equal(out, expected)
+
+
 def test_batches_the_kernel_does_not_take_go_to_torch_ops(kernel_device):
     images, targets = _batch(kernel_device, torch.float32, 8, "nchw")
     strided = images[..., ::2]  # a view with holes
     assert blend_mirrored(strided, 0.5, inplace=False) is None
     assert blend_mirrored(images.double(), 0.5, inplace=False) is None
+    assert exchange_mirrored_boxes(strided, torch.zeros(8, 4, dtype=torch.int64), inplace=True) is None
     op = Mixup(num_classes=10, seed=0)
     params = op.sample(strided)
     out, _ = op.apply(strided, targets, params)
