@@ -188,11 +188,12 @@ def aten_ops_per_call(runner: Contestant, images: torch.Tensor, targets: torch.T
     return sum(event.name.startswith("aten::") for event in prof.events())
 
 
-def kernel_seconds_per_call(
+def kernel_time_per_call(
     runner: Contestant, images: torch.Tensor, targets: torch.Tensor, calls: int = 5
-) -> float | None:
-    """Seconds the GPU spends executing one call's kernels and copies (torch.profiler's CUDA
-    activity); elapsed time beyond it is time the GPU waits for the host during the call."""
+) -> tuple[float | None, float | None]:
+    """Seconds the GPU spends executing one call's kernels and copies, and how many it launches
+    (torch.profiler's CUDA activity: Triton's kernels too, which no aten-op count sees); elapsed
+    time beyond the former is time the GPU waits for the host during the call."""
     work = images.clone()
     batch = work if runner.inplace else images
     try:
@@ -203,10 +204,13 @@ def kernel_seconds_per_call(
                 runner.run(batch, targets)
             torch.cuda.synchronize()
         busy = sum(event.self_device_time_total for event in prof.key_averages())
-        return busy / calls / 1e6 if busy > 0 else None  # nothing traced: CUPTI may be off limits here
+        if busy <= 0:  # nothing traced: CUPTI may be off limits here
+            return None, None
+        on_device = [event for event in prof.events() if event.device_type == torch.autograd.DeviceType.CUDA]
+        return busy / calls / 1e6, len(on_device) / calls
     except Exception as error:  # a profiler that cannot trace here must not end the benchmark
         print(f"kernel time of {runner.name}: not measured ({str(error).splitlines()[0][:100]})")
-        return None
+        return None, None
 
 
 def syncs_per_call(runner: Contestant, images: torch.Tensor, targets: torch.Tensor, calls: int = 5) -> float:
@@ -242,7 +246,8 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     times: dict[str, dict[str, float]] = {}
     host: dict[str, dict[str, float]] = {}
-    kernels: dict[str, dict[str, float | None]] = {}
+    kernels: dict[str, dict[str, float | None]] = {label: {} for label in DTYPES}
+    launches: dict[str, dict[str, float | None]] = {label: {} for label in DTYPES}
     ops: dict[str, dict[str, int | None]] = {}
     syncs: dict[str, dict[str, float]] = {}
     copy: dict[str, float] = {}
@@ -254,9 +259,9 @@ def main() -> None:
             syncs[label] = {
                 r.name: syncs_per_call(r, images, targets) for r in runners if r.name in times[label]
             }
-            kernels[label] = {
-                r.name: kernel_seconds_per_call(r, images, targets) for r in runners if r.name in times[label]
-            }
+            for r in runners:
+                if r.name in times[label]:
+                    kernels[label][r.name], launches[label][r.name] = kernel_time_per_call(r, images, targets)
             copy[label] = copy_seconds(images, rounds)
     load_after = os.getloadavg()[0]
     scale, unit = (1e6, "µs") if cuda else (1e3, "ms")
@@ -267,7 +272,8 @@ def main() -> None:
     header = ["contestant"]
     for label in DTYPES:
         header += [f"{label} ({unit})"]
-        header += [f"{label} host {unit}", f"{label} kernels {unit}"] if cuda else []
+        if cuda:
+            header += [f"{label} host {unit}", f"{label} kernels {unit}", f"{label} launches/call"]
         header += [f"{label} aten ops/call"] + ([f"{label} syncs/call"] if cuda else [])
     rows = []
     for runner in runners:
@@ -278,6 +284,7 @@ def main() -> None:
             if cuda:
                 for measured in (host[label].get(runner.name), kernels[label].get(runner.name)):
                     row.append(shown(None if measured is None else measured * scale))
+                row.append(shown(launches[label].get(runner.name), 1))
             row.append(ops[label].get(runner.name) or "-")
             if cuda:
                 row.append(shown(syncs[label].get(runner.name), 1))
@@ -305,8 +312,9 @@ def main() -> None:
         + (
             "host: the median host time of the call itself (launching; a call whose host time "
             "reaches its elapsed time is launch-bound, or waits: see syncs/call); kernels: GPU time "
-            "in its kernels and copies "
-            "(torch.profiler, mean of 5 calls; elapsed beyond it is the GPU waiting for the host). "
+            "in its kernels and copies, and launches/call how many it runs "
+            "(torch.profiler's CUDA activity, mean of 5 calls; elapsed beyond the kernel time is the "
+            "GPU waiting for the host). "
             "syncs/call: `torch.cuda.set_sync_debug_mode('warn')` warnings per call. "
             if cuda
             else ""
