@@ -115,9 +115,11 @@ def _takes(images: Tensor) -> bool:
     """Whether the kernels can take this batch: 4-D, one of their dtypes, on their device, and
     dense (every sample one stretch of C*H*W elements, NCHW or NHWC inside, N of them back to
     back; empty_like and clone keep that). A view with holes or overlaps (an expanded batch) is
-    left to torch ops and their checks."""
+    left to torch ops and their checks, and so is a batch autograd tracks (the kernels have no
+    backward)."""
     return (
         images.device.type == _device_type()
+        and not (images.requires_grad and torch.is_grad_enabled())
         and images.dtype in _DTYPES
         and images.ndim == 4
         and images.shape[0] > 0

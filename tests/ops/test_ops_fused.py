@@ -196,6 +196,10 @@ def test_batches_the_kernel_does_not_take_go_to_torch_ops(kernel_device):
     assert blend_mirrored(strided, 0.5, inplace=False) is None
     assert blend_mirrored(images.double(), 0.5, inplace=False) is None
     assert exchange_mirrored_boxes(strided, torch.zeros(8, 4, dtype=torch.int64), inplace=True) is None
+    tracked = images.clone().requires_grad_()  # the kernels have no backward
+    assert blend_mirrored(tracked, 0.5, inplace=False) is None
+    with torch.no_grad():
+        assert blend_mirrored(tracked, 0.5, inplace=False) is not None
     op = Mixup(num_classes=10, seed=0)
     params = op.sample(strided)
     out, _ = op.apply(strided, targets, params)
