@@ -9,8 +9,8 @@ Every contestant works on the same batch (256x3x224x224 on CUDA, 64x3x224x224 on
 (A B C ... A B C ...) after a warm-up, and the median is reported: CUDA events on a GPU, wall time
 on the CPU. In-place contestants get a fresh copy of the batch before every timed call, untimed.
 Besides time, each contestant is profiled once on a small CPU batch (aten ops per call, a proxy for
-kernel launches: ``torch.profiler`` counts the same dispatches on both devices) and, on CUDA,
-watched for host syncs under ``torch.cuda.set_sync_debug_mode("warn")``. On CUDA, Mixup in place
+kernel launches on the torch path) and, on CUDA, for the kernels the GPU runs per call (Triton's
+included) and the host syncs ``torch.cuda.set_sync_debug_mode("warn")`` reports. On CUDA, Mixup in place
 is also compared with a plain ``y.copy_(x)`` of the same batch, the practical bandwidth ceiling, and
 its pixel step alone is timed both ways: dalaug's one-pass kernel and torch's flip + ``lerp_``.
 """
@@ -143,16 +143,18 @@ def time_interleaved(
     return medians, {name: statistics.median(values) for name, values in host.items() if values}
 
 
-def _event_seconds(run: Callable[[], object], rounds: int) -> float:
-    """Median seconds of ``run()`` on the GPU (CUDA events), after three untimed calls."""
+def _event_seconds(run: Callable[[], object], rounds: int, repeat: int = 10) -> float:
+    """Median seconds of one ``run()`` on the GPU (CUDA events around ``repeat`` calls back to
+    back, so the host's launch of the first is not counted as GPU time), after three untimed."""
     times = []
     for _ in range(rounds + 3):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        run()
+        for _ in range(repeat):
+            run()
         end.record()
         torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        times.append(start.elapsed_time(end) / 1e3 / repeat)
     return statistics.median(times[3:])
 
 
@@ -166,12 +168,13 @@ def blend_seconds(images: torch.Tensor, rounds: int) -> dict[str, float]:
     """Median seconds of Mixup's pixel step alone, in place at λ = 0.7: dalaug's one-pass kernel
     over the mirrored pairs, and the two torch ops it replaces (a flipped copy, then ``lerp_``)."""
     work = images.clone()
+    fused = "one pass over the pairs (dalaug.ops.fused)"
     steps = {
-        "one pass over the pairs (dalaug.ops.fused)": lambda: blend_mirrored(work, 0.7, inplace=True),
+        fused: lambda: blend_mirrored(work, 0.7, inplace=True),
         "torch ops: flip, then lerp_": lambda: work.lerp_(work.flip(0), 0.3),
     }
     if blend_mirrored(work, 0.7, inplace=True) is None:  # no Triton here: nothing to compare
-        del steps["one pass over the pairs (dalaug.ops.fused)"]
+        del steps[fused]
     return {name: _event_seconds(step, rounds) for name, step in steps.items()}
 
 

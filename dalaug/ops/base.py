@@ -169,9 +169,10 @@ def smoothed_one_hot(targets: Tensor, num_classes: int, smoothing: float, *, mar
     """
     off = smoothing / num_classes
     hot = targets[:, None] == _class_indices(num_classes, targets.device)
-    if mark_invalid:  # each row's "elsewhere" value: s / C, or NaN where no column matched
-        off = torch.where(hot.any(1, keepdim=True), off, math.nan)
-    return torch.where(hot, 1.0 - smoothing + smoothing / num_classes, off)  # the scalars stay on the host
+    elsewhere: float | Tensor = off
+    if mark_invalid:  # s / C, or NaN in a row where no column matched
+        elsewhere = torch.where(hot.any(1, keepdim=True), off, math.nan)
+    return torch.where(hot, 1.0 - smoothing + off, elsewhere)  # the scalars stay on the host
 
 
 @functools.lru_cache(maxsize=64)

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dalaug.ops.fused import HostBox, blend_mirrored
 from dalaug.ops.pairing import partner_images
+
+# One box for a whole batch, on the host: (top, bottom, left, right).
+HostBox = tuple[int, int, int, int]
 
 
 def cut_sizes(lam: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,10 +118,6 @@ def paste_box(images: Tensor, box: HostBox, partner: Tensor, mirrored: bool, *, 
     top, bottom, left, right = box
     if top == bottom or left == right:
         return images
-    if mirrored:  # weight 1 inside the box exchanges each mirrored pair's patches, in one pass on CUDA
-        exchanged = blend_mirrored(images, 0.0, inplace=inplace, box=box)
-        if exchanged is not None:
-            return exchanged
     out = images if inplace else images.clone()
     patch = out[:, :, top:bottom, left:right]
     patch.copy_(partner_images(patch, partner, mirrored))

@@ -260,12 +260,12 @@ class CutMix(Augmentation):
         return BoxParams(boxes_t, lam_t, partner_t, mirrored)
 
     def _apply_images(self, images: Tensor, params: BoxParams) -> Tensor:
-        if isinstance(params.boxes, tuple):
-            return paste_box(images, params.boxes, params.partner, params.mirrored, inplace=self.inplace)
-        if params.mirrored:
+        if params.mirrored:  # on CUDA one pass over the pairs (dalaug.ops.fused)
             exchanged = exchange_mirrored_boxes(images, params.boxes, inplace=self.inplace)
             if exchanged is not None:
                 return exchanged
+        if isinstance(params.boxes, tuple):
+            return paste_box(images, params.boxes, params.partner, params.mirrored, inplace=self.inplace)
         mask = box_mask(params.boxes, *images.shape[-2:])[:, None]
         return paste_masked(images, mask, params.partner, params.mirrored, inplace=self.inplace)
 

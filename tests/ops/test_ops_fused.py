@@ -7,6 +7,7 @@ Triton reads that switch when it builds the kernel, so it cannot be turned on in
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -76,46 +77,31 @@ def _ptx(kernel, signature: dict, constexprs: dict, aligned: tuple[int, ...], ca
 @pytest.mark.parametrize("capability", [80, 90], ids=["ampere", "hopper"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_the_kernels_compile_for_data_centre_gpus_with_vector_loads(capability, dtype):
-    """For A100 and H100/H200: a whole sample is read and written in 128-bit vectors (Mixup, and
-    per-sample boxes out of place); a box's rows in scalars through their strides."""
+    """For A100 and H100/H200: whole images are read and written in 128-bit vectors (Mixup, and
+    per-sample boxes out of place); a patch's rows go through their strides."""
     if INTERPRETED:
         pytest.skip("compiles, does not interpret")
     pytest.importorskip("triton")
-    from dalaug.ops.triton_pairs import blend_pairs, exchange_boxes
+    from dalaug.ops.triton_pairs import blend_pairs, exchange_boxes, exchange_patch
 
     def vectorised(ptx: str) -> bool:
         return "ld.global.v4" in ptx and "st.global.v4" in ptx
 
-    blend_ints = [
-        "batch",
-        "stride_n",
-        "rows_per_channel",
-        "cols",
-        "start",
-        "stride_c",
-        "stride_h",
-        "stride_w",
-    ]
+    images = {"src": f"*{dtype}", "dst": f"*{dtype}"}
     for per_sample in (False, True):
-        for box in (False, True):
-            signature = {"src": f"*{dtype}", "dst": f"*{dtype}", "lam": "*fp32", "weight": "fp32"}
-            constexprs = {"PER_SAMPLE": per_sample, "BOX": box, "BLOCK": 128 if box else 1024}
-            ptx = _ptx(
-                blend_pairs,
-                signature | dict.fromkeys(blend_ints, "i32"),
-                constexprs,
-                (0, 1, 2, 5),
-                capability,
-            )
-            assert vectorised(ptx) == (not box), (per_sample, box)
-    exchange_ints = ["box_stride", "batch", "stride_n", "channels", "height", "width"]
-    for inplace in (False, True):
-        signature = {"src": f"*{dtype}", "dst": f"*{dtype}", "boxes": "*i64"} | dict.fromkeys(
-            exchange_ints, "i32"
-        )
-        constexprs = {"CHANNELS_LAST": True, "INPLACE": inplace, "BLOCK": 1024}
-        ptx = _ptx(exchange_boxes, signature, constexprs, (0, 1, 2, 5), capability)
-        assert vectorised(ptx) or inplace, inplace  # in place the box edges cut the vectors
+        signature = images | {"lam": "*fp32", "weight": "fp32", "batch": "i32", "sample": "i32"}
+        constexprs = {"PER_SAMPLE": per_sample, "BLOCK": 1024}
+        assert vectorised(_ptx(blend_pairs, signature, constexprs, (0, 1, 2, 5), capability))
+    for channels_last in (False, True):
+        for inplace in (False, True):
+            ints = ["box_stride", "batch", "sample", "channels", "height", "width"]
+            signature = images | {"boxes": "*i64"} | dict.fromkeys(ints, "i32")
+            constexprs = {"CHANNELS_LAST": channels_last, "INPLACE": inplace, "BLOCK": 1024}
+            ptx = _ptx(exchange_boxes, signature, constexprs, (0, 1, 2, 5), capability)
+            assert vectorised(ptx) or inplace  # in place, the box edges cut the vectors
+    ints = ["batch", "sample", "rows_per_channel", "cols", "start", "stride_c", "stride_h", "stride_w"]
+    signature = {"images": f"*{dtype}"} | dict.fromkeys(ints, "i32")
+    assert "st.global" in _ptx(exchange_patch, signature, {"BLOCK": 128}, (0, 2), capability)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
@@ -158,6 +144,7 @@ def test_cutmix_exchanges_the_patches_of_mirrored_pairs_exactly(kernel_device, d
     for _ in range(3):
         params = op.sample(images)
         top, bottom, left, right = params.boxes
+        assert exchange_mirrored_boxes(images.clone(), params.boxes, inplace=True) is not None
         out, _ = op.apply(images.clone(), targets, params)
         expected = images.clone()
         expected[:, :, top:bottom, left:right] = images.flip(0)[:, :, top:bottom, left:right]
@@ -190,17 +177,52 @@ def test_one_box_as_a_tensor_serves_the_whole_batch(kernel_device):
     assert torch.equal(out, expected)
 
 
-def test_batches_the_kernel_does_not_take_go_to_torch_ops(kernel_device):
+def test_one_image_whatever_its_batch_stride(kernel_device):
+    """torch calls a batch of one contiguous whatever its batch stride: the kernels address an
+    image by C*H*W, so an image from HWC memory, or a slice of a wider batch, mixes right."""
+    hwc = torch.randn(12, 10, 3, generator=torch.Generator().manual_seed(0)).to(kernel_device)
+    wide = torch.randn(1, 4, 12, 10, generator=torch.Generator().manual_seed(1)).to(kernel_device)
+    targets = torch.zeros(1, dtype=torch.int64, device=kernel_device)
+    for images in (hwc.permute(2, 0, 1).unsqueeze(0), wide[:, :3]):
+        for op in (Mixup(num_classes=10, seed=0), CutMix(num_classes=10, per_sample=True, seed=0)):
+            out, _ = op(images, targets)
+            assert torch.equal(out, images)  # a lone image is its own mirror
+
+
+def test_a_host_box_that_is_not_clipped_goes_to_torch_ops(kernel_device):
+    images, targets = _batch(kernel_device, torch.float32, 4, "nchw")
+    height, width = images.shape[-2:]
+    for box in ((4, height + 3, 0, 5), (-1, 3, 0, 5), (5, 2, 0, 5)):
+        assert exchange_mirrored_boxes(images.clone(), box, inplace=True) is None
+    assert exchange_mirrored_boxes(images, (3, 3, 0, 5), inplace=False) is images  # empty: nothing moves
+
+
+def test_a_patch_with_non_finite_pixels_comes_over_exactly(kernel_device):
+    images, _ = _batch(kernel_device, torch.float32, 4, "nchw")
+    images[0, 0, 1, 1], images[3, 0, 1, 2] = math.inf, math.nan
+    out = exchange_mirrored_boxes(images, (0, 3, 0, 3), inplace=False)
+    expected = images.clone()
+    expected[:, :, 0:3, 0:3] = images.flip(0)[:, :, 0:3, 0:3]
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_batches_the_kernels_do_not_take_go_to_torch_ops(kernel_device):
     images, targets = _batch(kernel_device, torch.float32, 8, "nchw")
     strided = images[..., ::2]  # a view with holes
     assert blend_mirrored(strided, 0.5, inplace=False) is None
     assert blend_mirrored(images.double(), 0.5, inplace=False) is None
+    assert blend_mirrored(images[:, :, :0], 0.5, inplace=False) is None  # empty images
     assert exchange_mirrored_boxes(strided, torch.zeros(8, 4, dtype=torch.int64), inplace=True) is None
+    lam = torch.rand(16, device=kernel_device)[::2]  # a λ with holes
+    assert blend_mirrored(images, lam, inplace=False) is None
+    op = Mixup(num_classes=10, per_sample=True, seed=0)
+    params = op.sample(images)
+    params = type(params)(lam, lam, params.partner, params.mirrored)
+    out, _ = op.apply(images, targets, params)
+    torch.testing.assert_close(out, torch.lerp(images, images.flip(0), (1.0 - lam).view(-1, 1, 1, 1)))
+    tall = torch.zeros(2, 3, 21846, 1, device=kernel_device)  # 3 x 21846 patch rows: past CUDA's grid
+    assert exchange_mirrored_boxes(tall, (0, 21846, 0, 1), inplace=True) is None
     tracked = images.clone().requires_grad_()  # the kernels have no backward
     assert blend_mirrored(tracked, 0.5, inplace=False) is None
     with torch.no_grad():
         assert blend_mirrored(tracked, 0.5, inplace=False) is not None
-    op = Mixup(num_classes=10, seed=0)
-    params = op.sample(strided)
-    out, _ = op.apply(strided, targets, params)
-    torch.testing.assert_close(out, torch.lerp(strided, strided.flip(0), 1.0 - params.lam))
