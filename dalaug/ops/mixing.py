@@ -7,9 +7,10 @@
 Both pair every sample with a partner from the same batch (its mirror, ``flip``, as in timm, or a
 random permutation) and draw λ ~ Beta(α, α) on the host, one per batch or one per sample (see
 ``dalaug.ops.sampling``). One λ for the batch stays a Python float: Mixup is then one ``flip`` and
-one ``lerp`` over the batch (timm's two-kernel recipe), and CutMix with one box copies just the
-patch, on the CPU and on CUDA alike. Per-sample λ and boxes reach the device in one non-blocking
-copy and are applied with one ``lerp`` or one ``where`` over the batch. Nothing waits for the device.
+one ``lerp`` over the batch, and CutMix with one box copies just the patch. Per-sample λ and boxes
+reach the device in one non-blocking copy and are applied with one ``lerp`` or one ``where`` over
+the batch. On CUDA the mirror pairing goes further: one kernel reads each pair once and writes both
+(``dalaug.ops.fused``). Nothing waits for the device.
 """
 
 from __future__ import annotations
