@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import operator
 import os
 from typing import Any
 
@@ -57,7 +58,9 @@ def blend_mirrored(images: Tensor, lam: float | Tensor, *, inplace: bool) -> Ten
         The mixed batch, or None where the kernel does not run (the caller then uses torch ops).
     """
     per_sample = isinstance(lam, Tensor)
-    if not _takes(images) or (per_sample and not _matches(lam, images, torch.float32, images.shape[:1])):
+    if not _takes(images, inplace):
+        return None
+    if per_sample and not _matches(lam, images, torch.float32, images.shape[:1]):
         return None
     sample = images[0].numel()  # not stride(0): with one image torch calls any batch stride dense
     grid = ((images.shape[0] + 1) // 2, -(-sample // _FLAT_BLOCK))
@@ -88,11 +91,14 @@ def exchange_mirrored_boxes(images: Tensor, boxes: HostBox | Tensor, *, inplace:
         The mixed batch (``images`` itself for an empty host box), or None where the kernel does
         not run (the caller then uses torch ops).
     """
-    if not _takes(images):
+    if not _takes(images, inplace):
         return None
     if isinstance(boxes, Tensor):
         return _exchange_per_sample(images, boxes, inplace)
-    top, bottom, left, right = boxes
+    try:  # Python ints for Triton (a box of numpy ints slices fine in torch)
+        top, bottom, left, right = boxes = tuple(operator.index(edge) for edge in boxes)
+    except TypeError:
+        return None
     height, width = images.shape[-2:]
     if not (0 <= top <= bottom <= height and 0 <= left <= right <= width):
         return None  # torch's slicing clips such a box: leave it to the torch ops
@@ -125,29 +131,30 @@ def _exchange_per_sample(images: Tensor, boxes: Tensor, inplace: bool) -> Tensor
 
 def _patch(images: Tensor, box: HostBox) -> tuple[tuple[int, int, int], dict[str, int]]:
     """The grid (pairs, rows, column blocks) and addressing of one patch within an image: rows of
-    ``cols`` elements ``stride_w`` apart from ``start``, ``rows_per_channel`` rows to a channel. In
-    NHWC a patch row holds all channels in one run; in NCHW each channel has its rows."""
+    ``cols`` consecutive elements, ``stride_h`` apart from ``start``, ``rows_per_channel`` rows to a
+    channel. In NHWC a patch row holds all channels in one run; in NCHW each channel has its rows."""
     batch, channels, height, width = images.shape
     top, bottom, left, right = box
     if images.is_contiguous():
         rows, region = channels * (bottom - top), dict(
             rows_per_channel=bottom - top, cols=right - left, start=top * width + left,
-            stride_c=height * width, stride_h=width, stride_w=1,
+            stride_c=height * width, stride_h=width,
         )  # fmt: skip
     else:  # channels_last
         rows, region = bottom - top, dict(
             rows_per_channel=bottom - top, cols=(right - left) * channels,
-            start=(top * width + left) * channels, stride_c=0, stride_h=width * channels, stride_w=1,
+            start=(top * width + left) * channels, stride_c=0, stride_h=width * channels,
         )  # fmt: skip
     region["sample"] = channels * height * width
     return ((batch + 1) // 2, rows, -(-region["cols"] // _ROW_BLOCK)), region
 
 
-def _takes(images: Tensor) -> bool:
+def _takes(images: Tensor, inplace: bool) -> bool:
     """Whether the kernels can take this batch: 4-D and not empty, one of their dtypes, on their
     device, and dense (image i is the C*H*W elements from ``i * C*H*W``, NCHW or NHWC inside;
     empty_like and clone keep that). A view with holes or overlaps (an expanded batch) is left to
-    torch ops and their checks, and so is a batch autograd tracks (the kernels have no backward).
+    torch ops and their checks, and so is a batch autograd tracks (the kernels have no backward)
+    and an inference tensor written outside inference mode (torch refuses that).
     """
     return (
         images.device.type == _device_type()
@@ -155,18 +162,20 @@ def _takes(images: Tensor) -> bool:
         and images.ndim == 4
         and images.numel() > 0
         and not (images.requires_grad and torch.is_grad_enabled())
+        and not (inplace and images.is_inference() and not torch.is_inference_mode_enabled())
         and (images.is_contiguous() or images.is_contiguous(memory_format=torch.channels_last))
     )
 
 
 def _matches(values: Tensor, images: Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
     """Per-image parameters the kernels can read: this shape and dtype, dense, on the images'
-    device."""
+    device, and not tracked by autograd."""
     return (
         values.shape == shape
         and values.dtype == dtype
         and values.device == images.device
         and values.is_contiguous()
+        and not (values.requires_grad and torch.is_grad_enabled())
     )
 
 
@@ -181,6 +190,9 @@ def _launch(name: str, grid: tuple[int, ...], images: Tensor, **arguments: Any) 
     except Exception as error:  # a compile or launch failure: torch ops from now on
         _turn_off(error)
         return False
+    # Writes torch does not see: bump the version counters, as torch's in-place ops do, so that
+    # autograd refuses a backward through a tensor it saved before the write.
+    torch.autograd.graph.increment_version(arguments.get("dst", images))
     return True
 
 

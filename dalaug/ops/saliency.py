@@ -98,6 +98,7 @@ def gaussian_blur(images: Tensor, size: int, sigma: float) -> Tensor:
 
 
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)  # a cached tensor outlives the call: never an inference tensor
 def _luma(device: torch.device) -> Tensor:
     """ITU-R 601 weights of R, G and B, (3, 1, 1) float32, made once per device (through pinned
     memory: a copy from pageable memory would wait for the device)."""
@@ -105,6 +106,7 @@ def _luma(device: torch.device) -> Tensor:
 
 
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)  # a cached tensor outlives the call: never an inference tensor
 def _gaussian_kernel(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
     """The normalised 1-D Gaussian, made once per device and dtype (eight launches fewer a call)."""
     offsets = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
@@ -113,6 +115,7 @@ def _gaussian_kernel(size: int, sigma: float, device: torch.device, dtype: torch
 
 
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)  # a cached tensor outlives the call: never an inference tensor
 def bilinear_matrix(size_in: int, size_out: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """(size_out, size_in) matrix of bilinear resampling without antialiasing.
 

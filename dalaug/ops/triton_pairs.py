@@ -14,8 +14,10 @@ import triton.language as tl
 
 @triton.jit
 def lerp(start, end, weight):
-    # torch.lerp (ATen Lerp.h): the branch keeps it exact at weight 0.
-    return tl.where(weight < 0.5, start + weight * (end - start), end - (end - start) * (1.0 - weight))
+    # torch.lerp's formula (ATen Lerp.h), up to the rounding of fused multiply-adds; the branch
+    # keeps it exact at weight 0.
+    small = tl.abs(weight) < 0.5
+    return tl.where(small, start + weight * (end - start), end - (end - start) * (1.0 - weight))
 
 
 # The batch is not specialised on (an epoch's last batch is short): one compiled kernel per dtype
@@ -32,9 +34,9 @@ def blend_pairs(src, dst, lam, weight, batch, sample, PER_SAMPLE: tl.constexpr, 
     at_mirror = mirror * sample + offset
     own = tl.load(src + at_own, mask=inside).to(tl.float32)
     other = tl.load(src + at_mirror, mask=inside).to(tl.float32)
-    if PER_SAMPLE:
-        weight_own = 1.0 - tl.load(lam + pair)
-        weight_mirror = 1.0 - tl.load(lam + mirror)
+    if PER_SAMPLE:  # each weight rounded to the image dtype first, as the torch ops do
+        weight_own = (1.0 - tl.load(lam + pair)).to(dst.dtype.element_ty).to(tl.float32)
+        weight_mirror = (1.0 - tl.load(lam + mirror)).to(dst.dtype.element_ty).to(tl.float32)
     else:
         weight_own = weight
         weight_mirror = weight
@@ -45,18 +47,17 @@ def blend_pairs(src, dst, lam, weight, batch, sample, PER_SAMPLE: tl.constexpr, 
 # The box is new every call: not specialised on, so it never recompiles.
 @triton.jit(do_not_specialize=["batch", "rows_per_channel", "cols", "start"])
 def exchange_patch(
-    images, batch, sample, rows_per_channel, cols, start, stride_c, stride_h, stride_w,
-    BLOCK: tl.constexpr,
+    images, batch, sample, rows_per_channel, cols, start, stride_c, stride_h, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Program (pair, row, block of the row): swap a row of the patch between the images of a pair,
-    in place, bytes as they are. A row holds ``cols`` elements ``stride_w`` apart from ``start``;
-    rows go ``rows_per_channel`` to a channel."""
+    in place, bytes as they are. A row holds ``cols`` consecutive elements; rows start ``stride_h``
+    apart from ``start``, ``rows_per_channel`` to a channel, channels ``stride_c`` apart."""
     pair = tl.program_id(0).to(tl.int64)
     row = tl.program_id(1).to(tl.int64)
     col = tl.program_id(2).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = col < cols
     channel = row // rows_per_channel
-    offset = start + channel * stride_c + (row - channel * rows_per_channel) * stride_h + col * stride_w
+    offset = start + channel * stride_c + (row - channel * rows_per_channel) * stride_h + col
     at_own = pair * sample + offset
     at_mirror = (batch - 1 - pair) * sample + offset
     own = tl.load(images + at_own, mask=inside)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,7 +100,7 @@ def test_the_kernels_compile_for_data_centre_gpus_with_vector_loads(capability, 
             constexprs = {"CHANNELS_LAST": channels_last, "INPLACE": inplace, "BLOCK": 1024}
             ptx = _ptx(exchange_boxes, signature, constexprs, (0, 1, 2, 5), capability)
             assert vectorised(ptx) or inplace  # in place, the box edges cut the vectors
-    ints = ["batch", "sample", "rows_per_channel", "cols", "start", "stride_c", "stride_h", "stride_w"]
+    ints = ["batch", "sample", "rows_per_channel", "cols", "start", "stride_c", "stride_h"]
     signature = {"images": f"*{dtype}"} | dict.fromkeys(ints, "i32")
     assert "st.global" in _ptx(exchange_patch, signature, {"BLOCK": 128}, (0, 2), capability)
 
@@ -197,6 +198,43 @@ def test_a_host_box_that_is_not_clipped_goes_to_torch_ops(kernel_device):
     assert exchange_mirrored_boxes(images, (3, 3, 0, 5), inplace=False) is images  # empty: nothing moves
 
 
+@pytest.mark.parametrize("shape", [(2, 1, 5, 4), (3, 3, 1, 4), (2, 3, 5, 1), (5, 2, 5, 4)], ids=str)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_patches_at_the_borders_and_odd_shapes(kernel_device, shape, layout):
+    """One channel, one row or one column, two images, odd batches; whole-image, corner and edge
+    boxes: every exchange exact, as host box and as per-sample boxes."""
+    generator = torch.Generator().manual_seed(0)
+    images = (
+        torch.randn(shape, generator=generator).to(kernel_device).contiguous(memory_format=LAYOUTS[layout])
+    )
+    height, width = shape[-2:]
+    for box in [
+        (0, height, 0, width),
+        (0, 1, 0, 1),
+        (height - 1, height, width - 1, width),
+        (0, height, 1, width),
+    ]:
+        top, bottom, left, right = box
+        expected = images.clone()
+        expected[:, :, top:bottom, left:right] = images.flip(0)[:, :, top:bottom, left:right]
+        per_sample = torch.tensor([box] * shape[0], device=kernel_device)
+        for boxes in (box, np.array(box), per_sample):  # a box of numpy ints is taken as ints
+            for inplace in (False, True):
+                out = exchange_mirrored_boxes(images.clone(), boxes, inplace=inplace)
+                assert out is not None and torch.equal(out, expected), (box, type(boxes), inplace)
+
+
+def test_an_in_place_mix_is_seen_by_autograd(kernel_device):
+    """The kernels write where torch does not look: they bump the version counter as torch's
+    in-place ops do, so a backward through a tensor saved before the write is refused."""
+    images, targets = _batch(kernel_device, torch.float32, 4, "nchw")
+    weight = torch.ones(1, device=kernel_device, requires_grad=True)
+    loss = (weight * images).sum()  # saves images for the backward
+    Mixup(num_classes=10, inplace=True, seed=0)(images, targets)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_a_patch_with_non_finite_pixels_comes_over_exactly(kernel_device):
     images, _ = _batch(kernel_device, torch.float32, 4, "nchw")
     images[0, 0, 1, 1], images[3, 0, 1, 2] = math.inf, math.nan
@@ -212,7 +250,9 @@ def test_batches_the_kernels_do_not_take_go_to_torch_ops(kernel_device):
     assert blend_mirrored(strided, 0.5, inplace=False) is None
     assert blend_mirrored(images.double(), 0.5, inplace=False) is None
     assert blend_mirrored(images[:, :, :0], 0.5, inplace=False) is None  # empty images
-    assert exchange_mirrored_boxes(strided, torch.zeros(8, 4, dtype=torch.int64), inplace=True) is None
+    boxes = torch.zeros(8, 4, dtype=torch.int64, device=kernel_device)
+    assert exchange_mirrored_boxes(strided, boxes, inplace=True) is None
+    assert blend_mirrored(images, torch.rand(8, device=kernel_device).requires_grad_(), inplace=False) is None
     lam = torch.rand(16, device=kernel_device)[::2]  # a λ with holes
     assert blend_mirrored(images, lam, inplace=False) is None
     op = Mixup(num_classes=10, per_sample=True, seed=0)

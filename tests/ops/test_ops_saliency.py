@@ -97,3 +97,14 @@ def test_bilinear_matrix_matches_interpolate(size_in, size_out):
     cols = bilinear_matrix(size_in + 5, size_out, images.device, images.dtype)
     expected = F.interpolate(images, (size_out, size_out), mode="bilinear", align_corners=False)
     torch.testing.assert_close(rows @ images @ cols.T, expected)
+
+
+def test_maps_made_under_inference_mode_serve_a_later_backward():
+    """The resampling matrices and kernels are made once and kept: made during an evaluation
+    under inference_mode, they must still serve a map that autograd tracks later."""
+    shape = (2, 3, 37, 41)  # a size no other test uses, so the first map is made here
+    with torch.inference_mode():
+        spectral_residual_saliency(torch.rand(shape))
+    images = torch.rand(shape, requires_grad=True)
+    spectral_residual_saliency(images).sum().backward()
+    assert images.grad is not None and images.grad.shape == shape
