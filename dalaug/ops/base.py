@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dalaug.ops.fused import mix_one_hot
 from dalaug.ops.sampling import check_generator, host_rng
 
 # --- argument checks (raised eagerly, each naming its argument) ---------------------------------
@@ -181,6 +182,24 @@ def _class_indices(num_classes: int, device: torch.device) -> Tensor:
     return torch.arange(num_classes, device=device)
 
 
+def mixed_soft_targets(
+    targets: Tensor,
+    num_classes: int | None,
+    smoothing: float,
+    lam: float | Tensor,
+    partner: Tensor,
+    mirrored: bool,
+) -> Tensor:
+    """The soft targets of ``targets`` (checked by ``check_targets``), mixed with their partners'
+    by ``lam``: class indices on CUDA in one kernel (``dalaug.ops.fused``), else ``soft_targets``
+    then ``mix_soft_targets``."""
+    if isinstance(lam, Tensor) or lam != 1.0:
+        mixed = mix_one_hot(targets, num_classes, smoothing, lam, partner, mirrored) if num_classes else None
+        if mixed is not None:
+            return mixed
+    return mix_soft_targets(_converted(targets, num_classes, smoothing), lam, partner, mirrored)
+
+
 def mix_soft_targets(soft: Tensor, lam: float | Tensor, partner: Tensor, mirrored: bool) -> Tensor:
     """``lam * soft + (1 - lam) * soft[partner]`` row by row.
 
@@ -294,8 +313,8 @@ class Augmentation(BatchOp):
     """Base of the single operators (Mixup, CutMix, Cutout, SaliencyMix, RandomErasing).
 
     Subclasses draw their parameters in ``_sample`` from a numpy generator seeded by the call's
-    torch generator, and move pixels in ``_apply_images``; targets become soft targets here and are
-    mixed by ``_mix_targets``.
+    torch generator, and move pixels in ``_apply_images``; ``_mix_targets`` turns the targets into
+    soft targets (N, C), mixed as the pixels were.
 
     Args:
         p: probability of applying the operator. A sample that is not mixed gets λ = 1 (an empty box
@@ -356,7 +375,7 @@ class Augmentation(BatchOp):
         # so that on CUDA the label kernels' launches overlap them instead of idling the device.
         smoothing = self._check(images, targets)
         mixed = self._apply_images(images, params)
-        return mixed, self._mix_targets(_converted(targets, self.num_classes, smoothing), params)
+        return mixed, self._mix_targets(targets, smoothing, params)
 
     def passthrough(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """The images unchanged and their soft targets: what a call returns when disabled."""
@@ -399,8 +418,8 @@ class Augmentation(BatchOp):
     @abstractmethod
     def _apply_images(self, images: Tensor, params: Params) -> Tensor: ...
 
-    def _mix_targets(self, soft: Tensor, params: Params) -> Tensor:
-        return soft
+    def _mix_targets(self, targets: Tensor, smoothing: float, params: Params) -> Tensor:
+        return _converted(targets, self.num_classes, smoothing)
 
 
 # --- choosing among operators --------------------------------------------------------------------

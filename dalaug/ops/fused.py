@@ -13,7 +13,9 @@ its mirror and storing both results:
   exact at weight 0, so a sample that is not mixed keeps its pixels bit for bit;
 - :func:`exchange_mirrored_boxes`: CutMix's (and SaliencyMix's) paste, exact, for one box for the
   batch (only the patches move) or a box per sample (in place only the boxes are read across and
-  written).
+  written);
+- :func:`mix_one_hot`: their soft targets from class indices, smoothed and mixed with the
+  partners' (mirrored or any pairing) in one launch where the torch ops take six.
 
 Anywhere else (the CPU, float64, a batch with holes or tracked by autograd, no Triton) these return
 None and the operator does the same with torch ops. If Triton fails (an unsupported GPU or Triton
@@ -70,7 +72,7 @@ def blend_mirrored(images: Tensor, lam: float | Tensor, *, inplace: bool) -> Ten
     # The kernel takes the batch's λ (PER_SAMPLE) or one weight; the unused pointer is any tensor.
     weights = dict(lam=lam, weight=0.0) if per_sample else dict(lam=images, weight=1.0 - float(lam))
     launched = _launch(
-        "blend_pairs", grid, images, dst=dst, **weights, batch=images.shape[0], sample=sample,
+        "blend_pairs", grid, dst, src=images, dst=dst, **weights, batch=images.shape[0], sample=sample,
         PER_SAMPLE=per_sample, BLOCK=_FLAT_BLOCK,
     )  # fmt: skip
     return dst if launched else None
@@ -108,7 +110,8 @@ def exchange_mirrored_boxes(images: Tensor, boxes: HostBox | Tensor, *, inplace:
     if max(grid[1:]) > _MAX_GRID_YZ:
         return None
     images = images if inplace else images.clone()
-    launched = _launch("exchange_patch", grid, images, batch=images.shape[0], **region, BLOCK=_ROW_BLOCK)
+    launched = _launch("exchange_patch", grid, images, images=images, batch=images.shape[0], **region,
+                       BLOCK=_ROW_BLOCK)  # fmt: skip
     return images if launched else None
 
 
@@ -122,11 +125,57 @@ def _exchange_per_sample(images: Tensor, boxes: Tensor, inplace: bool) -> Tensor
         return None
     dst = images if inplace else torch.empty_like(images)
     launched = _launch(
-        "exchange_boxes", grid, images, dst=dst, boxes=boxes, box_stride=4 if boxes.shape[0] == batch else 0,
-        batch=batch, sample=sample, channels=channels, height=height, width=width,
+        "exchange_boxes", grid, dst, src=images, dst=dst, boxes=boxes,
+        box_stride=4 if boxes.shape[0] == batch else 0, batch=batch, sample=sample, channels=channels,
+        height=height, width=width,
         CHANNELS_LAST=not images.is_contiguous(), INPLACE=inplace, BLOCK=_FLAT_BLOCK,
     )  # fmt: skip
     return dst if launched else None
+
+
+def mix_one_hot(
+    targets: Tensor, num_classes: int, smoothing: float, lam: float | Tensor, partner: Tensor, mirrored: bool
+) -> Tensor | None:
+    """Soft targets (N, C) float32 of class indices mixed with their partners', in one kernel on
+    CUDA: ``lerp(one_hot(t_i), one_hot(t_partner(i)), 1 - λ_i)`` with label smoothing, what
+    ``mix_soft_targets(smoothed_one_hot(...))`` makes in six launches (a row NaN where an index
+    lies outside [0, C), as there).
+
+    Args:
+        targets: int64 or int32 class indices (N,) on a CUDA device.
+        num_classes: C.
+        smoothing: label smoothing s in [0, 1).
+        lam: each sample's weight of its own label: a float for the batch, or float32 (N,) on the
+            targets' device.
+        partner: int64 (N,) on the targets' device; not read when ``mirrored``.
+        mirrored: the partner of i is N - 1 - i.
+
+    Returns:
+        The soft targets, or None where the kernel does not run (the caller then uses torch ops).
+    """
+    batch = targets.shape[0] if targets.ndim == 1 else 0
+    per_sample = isinstance(lam, Tensor)
+    if (
+        batch == 0
+        or targets.device.type != _device_type()
+        or targets.dtype not in (torch.int64, torch.int32)
+        or not targets.is_contiguous()
+        or (per_sample and not _matches(lam, targets, torch.float32, (batch,)))
+        or (not mirrored and not _matches(partner, targets, torch.int64, (batch,)))
+    ):
+        return None
+    grid = (batch, -(-num_classes // _FLAT_BLOCK))
+    if grid[1] > _MAX_GRID_YZ:
+        return None
+    out = torch.empty(batch, num_classes, dtype=torch.float32, device=targets.device)
+    off = smoothing / num_classes
+    launched = _launch(
+        "mixed_one_hot", grid, out, targets=targets, partner=targets if mirrored else partner,
+        lam=lam if per_sample else out, out=out, weight=0.0 if per_sample else 1.0 - float(lam),
+        batch=batch, classes=num_classes, on=1.0 - smoothing + off, off=off,
+        MIRRORED=mirrored, PER_SAMPLE=per_sample, BLOCK=_FLAT_BLOCK,
+    )  # fmt: skip
+    return out if launched else None
 
 
 def _patch(images: Tensor, box: HostBox) -> tuple[tuple[int, int, int], dict[str, int]]:
@@ -179,20 +228,21 @@ def _matches(values: Tensor, images: Tensor, dtype: torch.dtype, shape: tuple[in
     )
 
 
-def _launch(name: str, grid: tuple[int, ...], images: Tensor, **arguments: Any) -> bool:
-    """Launch kernel ``name`` on ``images``' device; False where Triton is missing or failed."""
+def _launch(name: str, grid: tuple[int, ...], written: Tensor, **arguments: Any) -> bool:
+    """Launch kernel ``name`` with ``arguments`` on the device of ``written``, the tensor it writes;
+    False where Triton is missing or failed."""
     kernels = _kernels()
     if kernels is None:
         return False
     try:
-        with torch.cuda.device(images.device) if images.is_cuda else contextlib.nullcontext():
-            getattr(kernels, name)[grid](images, **arguments)
+        with torch.cuda.device(written.device) if written.is_cuda else contextlib.nullcontext():
+            getattr(kernels, name)[grid](**arguments)
     except Exception as error:  # a compile or launch failure: torch ops from now on
         _turn_off(error)
         return False
-    # Writes torch does not see: bump the version counters, as torch's in-place ops do, so that
+    # Writes torch does not see: bump the version counter, as torch's in-place ops do, so that
     # autograd refuses a backward through a tensor it saved before the write.
-    torch.autograd.graph.increment_version(arguments.get("dst", images))
+    torch.autograd.graph.increment_version(written)
     return True
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dalaug.ops.base import Augmentation, Params, check_positive, mix_soft_targets
+from dalaug.ops.base import Augmentation, Params, check_positive, mixed_soft_targets
 from dalaug.ops.boxes import (
     HostBox,
     box_mask,
@@ -176,8 +176,10 @@ class Mixup(Augmentation):
         # Blend into the partners' copy: one batch-sized allocation, not two.
         return torch.lerp(images, donors, weight, out=donors)
 
-    def _mix_targets(self, soft: Tensor, params: MixupParams) -> Tensor:
-        return mix_soft_targets(soft, params.label_lam, params.partner, params.mirrored)
+    def _mix_targets(self, targets: Tensor, smoothing: float, params: MixupParams) -> Tensor:
+        return mixed_soft_targets(
+            targets, self.num_classes, smoothing, params.label_lam, params.partner, params.mirrored
+        )
 
 
 class CutMix(Augmentation):
@@ -270,5 +272,7 @@ class CutMix(Augmentation):
         mask = box_mask(params.boxes, *images.shape[-2:])[:, None]
         return paste_masked(images, mask, params.partner, params.mirrored, inplace=self.inplace)
 
-    def _mix_targets(self, soft: Tensor, params: BoxParams) -> Tensor:
-        return mix_soft_targets(soft, params.lam, params.partner, params.mirrored)
+    def _mix_targets(self, targets: Tensor, smoothing: float, params: BoxParams) -> Tensor:
+        return mixed_soft_targets(
+            targets, self.num_classes, smoothing, params.lam, params.partner, params.mirrored
+        )

@@ -103,3 +103,32 @@ def exchange_boxes(
         other = tl.load(src + at_mirror, mask=inside)
         tl.store(dst + at_own, tl.where(in_own, other, own), mask=inside)
         tl.store(dst + at_mirror, tl.where(in_mirror, own, other), mask=inside)
+
+
+@triton.jit(do_not_specialize=["batch"])
+def mixed_one_hot(
+    targets, partner, lam, out, weight, batch, classes, on, off,
+    MIRRORED: tl.constexpr, PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Program (row, block of classes): row i of the soft targets, the smoothed one-hot rows of
+    sample i and of its partner (``batch - 1 - i``, or ``partner[i]``) blended at weight
+    ``1 - lam[i]`` (PER_SAMPLE) or ``weight``: ``on`` at the class, ``off`` elsewhere, NaN in
+    the row of a class index outside [0, classes), as ``dalaug.ops.base.smoothed_one_hot``."""
+    row = tl.program_id(0).to(tl.int64)
+    col = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = col < classes
+    if MIRRORED:
+        other_row = batch - 1 - row
+    else:
+        other_row = tl.load(partner + row)
+    own_class = tl.load(targets + row).to(tl.int64)
+    other_class = tl.load(targets + other_row).to(tl.int64)
+    own = tl.where(col == own_class, on, off)
+    own = tl.where((own_class >= 0) & (own_class < classes), own, float("nan"))
+    other = tl.where(col == other_class, on, off)
+    other = tl.where((other_class >= 0) & (other_class < classes), other, float("nan"))
+    if PER_SAMPLE:
+        row_weight = 1.0 - tl.load(lam + row)
+    else:
+        row_weight = weight
+    tl.store(out + row * classes + col, lerp(own, other, row_weight), mask=inside)

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from dalaug.ops import CutMix, Mixup
+from dalaug.ops import CutMix, Mixup, soft_targets
+from dalaug.ops.base import mix_soft_targets, smoothed_one_hot
 from dalaug.ops.boxes import box_mask
-from dalaug.ops.fused import blend_mirrored, exchange_mirrored_boxes
+from dalaug.ops.fused import blend_mirrored, exchange_mirrored_boxes, mix_one_hot
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 KERNEL_DEVICES = (
@@ -83,7 +84,7 @@ def test_the_kernels_compile_for_data_centre_gpus_with_vector_loads(capability, 
     if INTERPRETED:
         pytest.skip("compiles, does not interpret")
     pytest.importorskip("triton")
-    from dalaug.ops.triton_pairs import blend_pairs, exchange_boxes, exchange_patch
+    from dalaug.ops.triton_pairs import blend_pairs, exchange_boxes, exchange_patch, mixed_one_hot
 
     def vectorised(ptx: str) -> bool:
         return "ld.global.v4" in ptx and "st.global.v4" in ptx
@@ -103,6 +104,11 @@ def test_the_kernels_compile_for_data_centre_gpus_with_vector_loads(capability, 
     ints = ["batch", "sample", "rows_per_channel", "cols", "start", "stride_c", "stride_h"]
     signature = {"images": f"*{dtype}"} | dict.fromkeys(ints, "i32")
     assert "st.global" in _ptx(exchange_patch, signature, {"BLOCK": 128}, (0, 2), capability)
+    for mirrored in (False, True):
+        signature = {"targets": "*i64", "partner": "*i64", "lam": "*fp32", "out": "*fp32", "weight": "fp32"}
+        signature |= {"batch": "i32", "classes": "i32", "on": "fp32", "off": "fp32"}
+        constexprs = {"MIRRORED": mirrored, "PER_SAMPLE": True, "BLOCK": 1024}
+        assert "st.global" in _ptx(mixed_one_hot, signature, constexprs, (0, 1, 2, 3), capability)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
@@ -222,6 +228,35 @@ def test_patches_at_the_borders_and_odd_shapes(kernel_device, shape, layout):
             for inplace in (False, True):
                 out = exchange_mirrored_boxes(images.clone(), boxes, inplace=inplace)
                 assert out is not None and torch.equal(out, expected), (box, type(boxes), inplace)
+
+
+@pytest.mark.parametrize("op", ["mixup", "mixup_per_sample", "mixup_permute", "cutmix", "cutmix_per_sample"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_soft_targets_are_mixed_in_one_kernel(kernel_device, op, smoothing):
+    images, targets = _batch(kernel_device, torch.float32, 7, "nchw")
+    kind, _, variant = op.partition("_")
+    options = {"per_sample": True} if variant == "per_sample" else {"partner": "permute"} if variant else {}
+    operator = (Mixup if kind == "mixup" else CutMix)(
+        alpha=1.0, num_classes=10, label_smoothing=smoothing, seed=0, **options
+    )
+    params = operator.sample(images)
+    lam = params.label_lam if kind == "mixup" else params.lam
+    assert mix_one_hot(targets, 10, smoothing, lam, params.partner, params.mirrored) is not None
+    _, soft = operator.apply(images, targets, params)
+    expected = mix_soft_targets(soft_targets(targets, 10, smoothing), lam, params.partner, params.mirrored)
+    torch.testing.assert_close(soft, expected)
+    torch.testing.assert_close(soft.sum(1), torch.ones(7, device=kernel_device))
+
+
+def test_out_of_range_labels_give_nan_rows_as_the_torch_ops_do(kernel_device):
+    targets = torch.tensor([3, 12, 0, -1, 5], device=kernel_device)
+    partner = torch.tensor([1, 0, 2, 4, 3], device=kernel_device)
+    for lam, mirrored in ((0.75, True), (0.75, False), (torch.tensor([1.0, 0.5, 0.25, 1.0, 0.5]), False)):
+        lam = lam.to(kernel_device) if isinstance(lam, torch.Tensor) else lam
+        mixed = mix_one_hot(targets, 10, 0.1, lam, partner, mirrored)
+        rows = smoothed_one_hot(targets, 10, 0.1, mark_invalid=True)
+        torch.testing.assert_close(mixed, mix_soft_targets(rows, lam, partner, mirrored), equal_nan=True)
+    assert mix_one_hot(soft_targets(targets[:1], 10), 10, 0.0, 0.5, partner, True) is None  # soft already
 
 
 def test_an_in_place_mix_is_seen_by_autograd(kernel_device):
