@@ -98,9 +98,10 @@ def exchange_mirrored_boxes(images: Tensor, boxes: HostBox | Tensor, *, inplace:
     if isinstance(boxes, Tensor):
         return _exchange_per_sample(images, boxes, inplace)
     try:  # Python ints for Triton (a box of numpy ints slices fine in torch)
-        top, bottom, left, right = boxes = tuple(operator.index(edge) for edge in boxes)
+        boxes = tuple(operator.index(edge) for edge in boxes)
     except TypeError:
         return None
+    top, bottom, left, right = boxes
     height, width = images.shape[-2:]
     if not (0 <= top <= bottom <= height and 0 <= left <= right <= width):
         return None  # torch's slicing clips such a box: leave it to the torch ops
