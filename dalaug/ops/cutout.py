@@ -22,6 +22,7 @@ from torch import Tensor
 
 from dalaug.ops.base import Augmentation, Params, check_count, check_range, check_real
 from dalaug.ops.boxes import box_mask, boxes_around, sides_for_area
+from dalaug.ops.fused import fill_holes
 from dalaug.ops.sampling import to_device
 
 
@@ -157,6 +158,9 @@ def erase(images: Tensor, holes: Tensor, fill: float | Tensor, *, inplace: bool)
     Returns:
         The erased batch in the input's memory format (``images`` itself when ``inplace``).
     """
+    erased = fill_holes(images, holes, fill, inplace=inplace)  # on CUDA, one kernel (ops.fused)
+    if erased is not None:
+        return erased
     mask = box_mask(holes, *images.shape[-2:])  # (N, K, H, W): with one hole, already (N, 1, H, W)
     if mask.shape[1] > 1:
         mask = mask.any(dim=1, keepdim=True)

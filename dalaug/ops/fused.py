@@ -1,23 +1,24 @@
-"""Mix each mirrored pair of samples in one pass: read images i and N - 1 - i once, write both.
+"""Batch operators in one pass on CUDA: each mirrored pair (images i and N - 1 - i) read once.
 
 The mirror pairing (timm's ``flip``) makes a mix an exchange within pairs. With torch ops an
 in-place Mixup takes a flipped copy of the batch and then blends into it: five batch-sized memory
 passes (read and write the copy; read two batches and write one) where a pair needs one read and
 one write, so it can move at most 40% of a copy's bandwidth; per-sample CutMix adds a mask built in
-a dozen small kernels. A dense CUDA batch of float32, float16 or bfloat16 is mixed here by one
-Triton kernel (Triton comes with torch's CUDA builds; the kernels are in
-:mod:`dalaug.ops.triton_pairs`), each program loading a stretch of an image and the same stretch of
-its mirror and storing both results:
+a dozen small kernels, and the soft targets six more. A dense CUDA batch of float32, float16 or
+bfloat16 is handled here by Triton kernels (Triton comes with torch's CUDA builds; the kernels are
+in :mod:`dalaug.ops.triton_kernels`), one launch each:
 
 - :func:`blend_mirrored`: Mixup's blend, in ``torch.lerp``'s arithmetic in float32 (torch's opmath):
   exact at weight 0, so a sample that is not mixed keeps its pixels bit for bit;
 - :func:`exchange_mirrored_boxes`: CutMix's (and SaliencyMix's) paste, exact, for one box for the
   batch (only the patches move) or a box per sample (in place only the boxes are read across and
   written);
-- :func:`mix_one_hot`: their soft targets from class indices, smoothed and mixed with the
-  partners' (mirrored or any pairing) in one launch where the torch ops take six.
+- :func:`fill_holes`: Cutout's and RandomErasing's erase (not a pair mix, the same machinery),
+  writing only the holes in place;
+- :func:`mix_one_hot`: Mixup's and CutMix's soft targets from class indices, smoothed and mixed
+  with the partners' (mirrored or any pairing) in one launch where the torch ops take six.
 
-Anywhere else (the CPU, float64, a batch with holes or tracked by autograd, no Triton) these return
+Anywhere else (the CPU, float64, a strided view, a batch autograd tracks, no Triton) these return
 None and the operator does the same with torch ops. If Triton fails (an unsupported GPU or Triton
 version) the reason is logged once and torch ops take over for the rest of the process.
 
@@ -179,6 +180,50 @@ def mix_one_hot(
     return out if launched else None
 
 
+def fill_holes(images: Tensor, holes: Tensor, fill: float | Tensor, *, inplace: bool) -> Tensor | None:
+    """Cutout's and RandomErasing's erase in one kernel on CUDA: pixels inside any of an image's
+    holes take ``fill``; in place only the holes are written.
+
+    Args:
+        images: as for :func:`blend_mirrored`.
+        holes: int64 (N, K, 4) rows (top, bottom, left, right) on the images' device, bottom/right
+            exclusive, within the image; empty where an image keeps its pixels.
+        fill: a number, or a contiguous NCHW tensor of the images' shape and dtype to take the
+            hole pixels from.
+        inplace: write into ``images``; otherwise into a new batch in the same memory format.
+
+    Returns:
+        The erased batch, or None where the kernel does not run (the caller then uses torch ops).
+    """
+    if not _takes(images, inplace) or holes.ndim != 3:
+        return None
+    batch, channels, height, width = images.shape
+    noise = isinstance(fill, Tensor)
+    if not _matches(holes, images, torch.int64, (batch, holes.shape[1], 4)) or holes.shape[1] == 0:
+        return None
+    if noise and not (_matches(fill, images, images.dtype, images.shape)):
+        return None
+    sample = images[0].numel()
+    grid = (batch, -(-sample // _FLAT_BLOCK))
+    if grid[1] > _MAX_GRID_YZ:
+        return None
+    dst = images if inplace else torch.empty_like(images)
+    launched = _launch(
+        "fill_holes", grid, dst, src=images, dst=dst, noise=fill if noise else images, boxes=holes,
+        holes=holes.shape[1], fill=0.0 if noise else _in_dtype(float(fill), images.dtype), sample=sample,
+        channels=channels, height=height, width=width, NOISE=noise,
+        CHANNELS_LAST=not images.is_contiguous(), INPLACE=inplace, BLOCK=_FLAT_BLOCK,
+    )  # fmt: skip
+    return dst if launched else None
+
+
+@functools.lru_cache(maxsize=64)
+def _in_dtype(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded once to ``dtype``, as ``masked_fill`` stores it (the kernel takes float32,
+    and rounding to float32 first could round a second time)."""
+    return torch.tensor(value, dtype=torch.float64).to(dtype).item()
+
+
 def _patch(images: Tensor, box: HostBox) -> tuple[tuple[int, int, int], dict[str, int]]:
     """The grid (pairs, rows, column blocks) and addressing of one patch within an image: rows of
     ``cols`` consecutive elements, ``stride_h`` apart from ``start``, ``rows_per_channel`` rows to a
@@ -264,13 +309,13 @@ def _kernels() -> Any:
     if _failure:
         return None
     try:
-        from dalaug.ops import triton_pairs
+        from dalaug.ops import triton_kernels
     except ImportError:
         return None  # no Triton (a CPU-only or non-Linux torch): torch ops, nothing to report
     except Exception as error:  # a Triton that is there but broken
         _turn_off(error)
         return None
-    return triton_pairs
+    return triton_kernels
 
 
 def _turn_off(error: BaseException) -> None:

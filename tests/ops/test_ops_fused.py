@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from dalaug.ops import CutMix, Mixup, soft_targets
+from dalaug.ops import CutMix, Cutout, Mixup, RandomErasing, soft_targets
 from dalaug.ops.base import mix_soft_targets, smoothed_one_hot
 from dalaug.ops.boxes import box_mask
-from dalaug.ops.fused import blend_mirrored, exchange_mirrored_boxes, mix_one_hot
+from dalaug.ops.fused import blend_mirrored, exchange_mirrored_boxes, fill_holes, mix_one_hot
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 KERNEL_DEVICES = (
@@ -84,7 +84,8 @@ def test_the_kernels_compile_for_data_centre_gpus_with_vector_loads(capability, 
     if INTERPRETED:
         pytest.skip("compiles, does not interpret")
     pytest.importorskip("triton")
-    from dalaug.ops.triton_pairs import blend_pairs, exchange_boxes, exchange_patch, mixed_one_hot
+    from dalaug.ops.triton_kernels import blend_pairs, exchange_boxes, exchange_patch, mixed_one_hot
+    from dalaug.ops.triton_kernels import fill_holes as fill_holes_kernel
 
     def vectorised(ptx: str) -> bool:
         return "ld.global.v4" in ptx and "st.global.v4" in ptx
@@ -104,6 +105,13 @@ def test_the_kernels_compile_for_data_centre_gpus_with_vector_loads(capability, 
     ints = ["batch", "sample", "rows_per_channel", "cols", "start", "stride_c", "stride_h"]
     signature = {"images": f"*{dtype}"} | dict.fromkeys(ints, "i32")
     assert "st.global" in _ptx(exchange_patch, signature, {"BLOCK": 128}, (0, 2), capability)
+    for noise in (False, True):
+        for inplace in (False, True):
+            signature = images | {"noise": f"*{dtype}", "boxes": "*i64", "holes": "i32", "fill": "fp32"}
+            signature |= dict.fromkeys(["sample", "channels", "height", "width"], "i32")
+            constexprs = {"NOISE": noise, "CHANNELS_LAST": True, "INPLACE": inplace, "BLOCK": 1024}
+            ptx = _ptx(fill_holes_kernel, signature, constexprs, (0, 1, 2, 3, 6), capability)
+            assert vectorised(ptx) or inplace
     for mirrored in (False, True):
         signature = {"targets": "*i64", "partner": "*i64", "lam": "*fp32", "out": "*fp32", "weight": "fp32"}
         signature |= {"batch": "i32", "classes": "i32", "on": "fp32", "off": "fp32"}
@@ -257,6 +265,34 @@ def test_out_of_range_labels_give_nan_rows_as_the_torch_ops_do(kernel_device):
         rows = smoothed_one_hot(targets, 10, 0.1, mark_invalid=True)
         torch.testing.assert_close(mixed, mix_soft_targets(rows, lam, partner, mirrored), equal_nan=True)
     assert mix_one_hot(soft_targets(targets[:1], 10), 10, 0.0, 0.5, partner, True) is None  # soft already
+
+
+ERASERS = {
+    "cutout": lambda **kw: Cutout(size=5, num_holes=2, fill=0.1, num_classes=10, **kw),
+    "cutout_noise": lambda **kw: Cutout(scale=(0.05, 0.3), fill="noise", num_classes=10, **kw),
+    "erasing": lambda **kw: RandomErasing(p=0.7, value=-1.5, num_classes=10, **kw),
+    "erasing_random": lambda **kw: RandomErasing(p=1.0, value="random", num_classes=10, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ERASERS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("inplace", [False, True])
+def test_holes_are_filled_in_one_kernel_exactly(kernel_device, name, dtype, layout, inplace):
+    images, targets = _batch(kernel_device, dtype, 5, layout)
+    op = ERASERS[name](inplace=inplace, seed=0)
+    for _ in range(2):
+        params = op.sample(images)
+        fill = params.noise if params.noise is not None else getattr(op, "fill", getattr(op, "value", None))
+        assert fill_holes(images.clone(), params.holes, fill, inplace=True) is not None
+        out, _ = op.apply(images.clone(), targets, params)
+        erased = box_mask(params.holes, *images.shape[-2:]).any(1, keepdim=True)
+        expected = (
+            images.masked_fill(erased, fill) if isinstance(fill, float) else torch.where(erased, fill, images)
+        )
+        assert torch.equal(out, expected)
+        assert out.is_contiguous(memory_format=LAYOUTS[layout])
 
 
 def test_an_in_place_mix_is_seen_by_autograd(kernel_device):

@@ -1,9 +1,9 @@
 """The Triton kernels behind :mod:`dalaug.ops.fused`, in a module of their own so that importing
-dalaug never imports Triton: it loads on a CUDA batch's first fused mix.
+dalaug never imports Triton: it loads on a CUDA batch's first fused operator.
 
-Each program handles one mirrored pair (sample ``pair`` and ``batch - 1 - pair``) over a stretch of
-their memory: it loads both, and stores both results. ``sample`` is the number of elements of one
-image (C*H*W; dense batches only, so image i starts at ``i * sample``).
+The pair kernels give each program one mirrored pair (image ``pair`` and ``batch - 1 - pair``)
+over a stretch of their memory: it loads both, and stores both results. ``sample`` is the number of
+elements of one image (C*H*W; dense batches only, so image i starts at ``i * sample``).
 """
 
 from __future__ import annotations
@@ -132,3 +132,42 @@ def mixed_one_hot(
     else:
         row_weight = weight
     tl.store(out + row * classes + col, lerp(own, other, row_weight), mask=inside)
+
+
+@triton.jit(do_not_specialize=["holes"])
+def fill_holes(
+    src, dst, noise, boxes, holes, fill, sample, channels, height, width,
+    NOISE: tl.constexpr, CHANNELS_LAST: tl.constexpr, INPLACE: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Program (image, block): pixels inside any of the image's ``holes`` boxes (``boxes``: int64
+    (N, holes, 4) rows (top, bottom, left, right)) become ``fill``, or (NOISE) the same pixel of
+    ``noise`` (a contiguous NCHW batch of the images' shape); the rest stay. Not a pair kernel:
+    Cutout and RandomErasing erase each image on its own. In place only the holes are written (and
+    the noise read)."""
+    image = tl.program_id(0).to(tl.int64)
+    offset = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offset < sample
+    if CHANNELS_LAST:
+        col = (offset // channels) % width
+        row = offset // (channels * width)
+    else:
+        col = offset % width
+        row = (offset // width) % height
+    erased = offset < 0  # all False, of the block's shape
+    for hole in range(holes):
+        box = boxes + (image * holes + hole) * 4
+        in_box = (row >= tl.load(box)) & (row < tl.load(box + 1))
+        erased = erased | (in_box & (col >= tl.load(box + 2)) & (col < tl.load(box + 3)))
+    at = image * sample + offset
+    if NOISE:  # the noise is NCHW whatever the images' layout (its values do not depend on it)
+        if CHANNELS_LAST:
+            noise_at = image * sample + (offset % channels) * (height * width) + row * width + col
+        else:
+            noise_at = at
+        value = tl.load(noise + noise_at, mask=inside & erased)
+    else:
+        value = tl.full([BLOCK], fill, tl.float32).to(dst.dtype.element_ty)  # exact: rounded on the host
+    if INPLACE:
+        tl.store(dst + at, value, mask=inside & erased)
+    else:
+        tl.store(dst + at, tl.where(erased, value, tl.load(src + at, mask=inside)), mask=inside)
