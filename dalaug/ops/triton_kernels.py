@@ -20,6 +20,21 @@ def lerp(start, end, weight):
     return tl.where(small, start + weight * (end - start), end - (end - start) * (1.0 - weight))
 
 
+@triton.jit
+def pixel_of(offset, channels, height, width, CHANNELS_LAST: tl.constexpr):
+    """(row, column) of the elements at ``offset`` within an NCHW or (CHANNELS_LAST) NHWC image."""
+    if CHANNELS_LAST:
+        return offset // (channels * width), (offset // channels) % width
+    return (offset // width) % height, offset % width
+
+
+@triton.jit
+def in_box(row, col, box):
+    """Whether (row, col) lies inside the box at ``box``: int64 (top, bottom, left, right)."""
+    rows = (row >= tl.load(box)) & (row < tl.load(box + 1))
+    return rows & (col >= tl.load(box + 2)) & (col < tl.load(box + 3))
+
+
 # The batch is not specialised on (an epoch's last batch is short): one compiled kernel per dtype
 # and mode. The sample size is, so Triton knows its divisibility and the loads vectorise.
 @triton.jit(do_not_specialize=["batch"])
@@ -78,19 +93,10 @@ def exchange_boxes(
     pair = tl.program_id(0).to(tl.int64)
     offset = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offset < sample
-    if CHANNELS_LAST:
-        col = (offset // channels) % width
-        row = offset // (channels * width)
-    else:
-        col = offset % width
-        row = (offset // width) % height
+    row, col = pixel_of(offset, channels, height, width, CHANNELS_LAST)
     mirror = batch - 1 - pair
-    own_box = boxes + pair * box_stride
-    mirror_box = boxes + mirror * box_stride
-    in_own = (row >= tl.load(own_box)) & (row < tl.load(own_box + 1))
-    in_own = in_own & (col >= tl.load(own_box + 2)) & (col < tl.load(own_box + 3))
-    in_mirror = (row >= tl.load(mirror_box)) & (row < tl.load(mirror_box + 1))
-    in_mirror = in_mirror & (col >= tl.load(mirror_box + 2)) & (col < tl.load(mirror_box + 3))
+    in_own = in_box(row, col, boxes + pair * box_stride)
+    in_mirror = in_box(row, col, boxes + mirror * box_stride)
     at_own = pair * sample + offset
     at_mirror = mirror * sample + offset
     if INPLACE:
@@ -147,17 +153,10 @@ def fill_holes(
     image = tl.program_id(0).to(tl.int64)
     offset = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offset < sample
-    if CHANNELS_LAST:
-        col = (offset // channels) % width
-        row = offset // (channels * width)
-    else:
-        col = offset % width
-        row = (offset // width) % height
+    row, col = pixel_of(offset, channels, height, width, CHANNELS_LAST)
     erased = offset < 0  # all False, of the block's shape
     for hole in range(holes):
-        box = boxes + (image * holes + hole) * 4
-        in_box = (row >= tl.load(box)) & (row < tl.load(box + 1))
-        erased = erased | (in_box & (col >= tl.load(box + 2)) & (col < tl.load(box + 3)))
+        erased = erased | in_box(row, col, boxes + (image * holes + hole) * 4)
     at = image * sample + offset
     if NOISE:  # the noise is NCHW whatever the images' layout (its values do not depend on it)
         if CHANNELS_LAST:
