@@ -66,15 +66,15 @@ def blend_mirrored(images: Tensor, lam: float | Tensor, *, inplace: bool) -> Ten
     if per_sample and not _matches(lam, images, torch.float32, images.shape[:1]):
         return None
     sample = images[0].numel()  # not stride(0): with one image torch calls any batch stride dense
-    grid = ((images.shape[0] + 1) // 2, -(-sample // _FLAT_BLOCK))
-    if grid[1] > _MAX_GRID_YZ:
+    blocks = _blocks(sample)
+    if blocks is None:
         return None
     dst = images if inplace else torch.empty_like(images)
     # The kernel takes the batch's λ (PER_SAMPLE) or one weight; the unused pointer is any tensor.
     weights = dict(lam=lam, weight=0.0) if per_sample else dict(lam=images, weight=1.0 - float(lam))
     launched = _launch(
-        "blend_pairs", grid, dst, src=images, dst=dst, **weights, batch=images.shape[0], sample=sample,
-        PER_SAMPLE=per_sample, BLOCK=_FLAT_BLOCK,
+        "blend_pairs", ((images.shape[0] + 1) // 2, blocks), dst, src=images, dst=dst, **weights,
+        batch=images.shape[0], sample=sample, PER_SAMPLE=per_sample, BLOCK=_FLAT_BLOCK,
     )  # fmt: skip
     return dst if launched else None
 
@@ -109,7 +109,7 @@ def exchange_mirrored_boxes(images: Tensor, boxes: HostBox | Tensor, *, inplace:
     if top == bottom or left == right:
         return images
     grid, region = _patch(images, boxes)
-    if max(grid[1:]) > _MAX_GRID_YZ:
+    if grid is None:
         return None
     images = images if inplace else images.clone()
     launched = _launch("exchange_patch", grid, images, images=images, batch=images.shape[0], **region,
@@ -122,12 +122,12 @@ def _exchange_per_sample(images: Tensor, boxes: Tensor, inplace: bool) -> Tensor
     if not any(_matches(boxes, images, torch.int64, (rows, 4)) for rows in (batch, 1)):
         return None
     sample = images[0].numel()
-    grid = ((batch + 1) // 2, -(-sample // _FLAT_BLOCK))
-    if grid[1] > _MAX_GRID_YZ:
+    blocks = _blocks(sample)
+    if blocks is None:
         return None
     dst = images if inplace else torch.empty_like(images)
     launched = _launch(
-        "exchange_boxes", grid, dst, src=images, dst=dst, boxes=boxes,
+        "exchange_boxes", ((batch + 1) // 2, blocks), dst, src=images, dst=dst, boxes=boxes,
         box_stride=4 if boxes.shape[0] == batch else 0, batch=batch, sample=sample, channels=channels,
         height=height, width=width,
         CHANNELS_LAST=not images.is_contiguous(), INPLACE=inplace, BLOCK=_FLAT_BLOCK,
@@ -166,13 +166,13 @@ def mix_one_hot(
         or (not mirrored and not _matches(partner, targets, torch.int64, (batch,)))
     ):
         return None
-    grid = (batch, -(-num_classes // _FLAT_BLOCK))
-    if grid[1] > _MAX_GRID_YZ:
+    blocks = _blocks(num_classes)
+    if blocks is None:
         return None
     out = torch.empty(batch, num_classes, dtype=torch.float32, device=targets.device)
     off = smoothing / num_classes
     launched = _launch(
-        "mixed_one_hot", grid, out, targets=targets, partner=targets if mirrored else partner,
+        "mixed_one_hot", (batch, blocks), out, targets=targets, partner=targets if mirrored else partner,
         lam=lam if per_sample else out, out=out, weight=0.0 if per_sample else 1.0 - float(lam),
         batch=batch, classes=num_classes, on=1.0 - smoothing + off, off=off,
         MIRRORED=mirrored, PER_SAMPLE=per_sample, BLOCK=_FLAT_BLOCK,
@@ -204,12 +204,12 @@ def fill_holes(images: Tensor, holes: Tensor, fill: float | Tensor, *, inplace: 
     if noise and not (_matches(fill, images, images.dtype, images.shape)):
         return None
     sample = images[0].numel()
-    grid = (batch, -(-sample // _FLAT_BLOCK))
-    if grid[1] > _MAX_GRID_YZ:
+    blocks = _blocks(sample)
+    if blocks is None:
         return None
     dst = images if inplace else torch.empty_like(images)
     launched = _launch(
-        "fill_holes", grid, dst, src=images, dst=dst, noise=fill if noise else images, boxes=holes,
+        "fill_holes", (batch, blocks), dst, src=images, dst=dst, noise=fill if noise else images, boxes=holes,
         holes=holes.shape[1], fill=0.0 if noise else _in_dtype(float(fill), images.dtype), sample=sample,
         channels=channels, height=height, width=width, NOISE=noise,
         CHANNELS_LAST=not images.is_contiguous(), INPLACE=inplace, BLOCK=_FLAT_BLOCK,
@@ -224,10 +224,11 @@ def _in_dtype(value: float, dtype: torch.dtype) -> float:
     return torch.tensor(value, dtype=torch.float64).to(dtype).item()
 
 
-def _patch(images: Tensor, box: HostBox) -> tuple[tuple[int, int, int], dict[str, int]]:
-    """The grid (pairs, rows, column blocks) and addressing of one patch within an image: rows of
-    ``cols`` consecutive elements, ``stride_h`` apart from ``start``, ``rows_per_channel`` rows to a
-    channel. In NHWC a patch row holds all channels in one run; in NCHW each channel has its rows."""
+def _patch(images: Tensor, box: HostBox) -> tuple[tuple[int, int, int] | None, dict[str, int]]:
+    """The grid (pairs, rows, column blocks; None past CUDA's limits) and addressing of one patch
+    within an image: rows of ``cols`` consecutive elements, ``stride_h`` apart from ``start``,
+    ``rows_per_channel`` rows to a channel. In NHWC a patch row holds all channels in one run; in
+    NCHW each channel has its rows."""
     batch, channels, height, width = images.shape
     top, bottom, left, right = box
     if images.is_contiguous():
@@ -241,7 +242,17 @@ def _patch(images: Tensor, box: HostBox) -> tuple[tuple[int, int, int], dict[str
             start=(top * width + left) * channels, stride_c=0, stride_h=width * channels,
         )  # fmt: skip
     region["sample"] = channels * height * width
-    return ((batch + 1) // 2, rows, -(-region["cols"] // _ROW_BLOCK)), region
+    blocks = _blocks(region["cols"], _ROW_BLOCK)
+    if blocks is None or rows > _MAX_GRID_YZ:
+        return None, region
+    return ((batch + 1) // 2, rows, blocks), region
+
+
+def _blocks(elements: int, block: int = _FLAT_BLOCK) -> int | None:
+    """Programs of ``block`` elements that cover ``elements``; None past CUDA's limit on the grid's
+    second and third dimensions (the torch ops then do the work)."""
+    blocks = -(-elements // block)
+    return blocks if blocks <= _MAX_GRID_YZ else None
 
 
 def _takes(images: Tensor, inplace: bool) -> bool:
@@ -319,6 +330,6 @@ def _kernels() -> Any:
 
 
 def _turn_off(error: BaseException) -> None:
-    log.warning("dalaug's fused mirrored-pair kernels failed; torch ops take over: %s", error)
+    log.warning("dalaug's fused kernels failed; torch ops take over: %s", error)
     _failure.append(error)
     _kernels.cache_clear()
