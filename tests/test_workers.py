@@ -133,6 +133,26 @@ def test_the_samples_of_a_shard_share_one_open(photo_folder, tmp_path, monkeypat
     assert elapsed < 0.4
 
 
+def test_dali_is_handed_the_bytes_where_the_workers_read_them(photo_folder):
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", seed=0, io_workers=1)
+    reader = loader.reader
+    reader.restart((0, 0))
+    try:
+        data, labels = reader(None)  # as DALI calls it: one TensorList, taken as it is
+        ids = reader.issued[0].ids
+        samples = [np.array(data.at(i)) for i in range(len(data))]
+        assert [s.tobytes() for s in samples] == [loader.samples.read(int(i)).tobytes() for i in ids]
+        assert labels.tolist() == loader.samples.labels[ids].tolist()
+        # No copy: the samples lie back to back in the worker's shared buffer, as it read them.
+        starts = [data[i].data_ptr() for i in range(len(data))]
+        assert starts == [starts[0] + sum(s.size for s in samples[:i]) for i in range(len(samples))]
+        mapped = [np.frombuffer(memory, np.uint8) for worker in workers.pool(1)._workers if worker
+                  for memory in worker.buffers.values()]  # fmt: skip
+        assert any(m.ctypes.data <= starts[0] < m.ctypes.data + m.size for m in mapped)
+    finally:
+        reader.close()
+
+
 def test_memory_is_reused_once_the_batches_are_gone(photo_folder):
     samples = resolve_source(photo_folder)
     items = [(samples.paths[i], -1, -1) for i in range(32)]
