@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dalaug.ops.pairing import partner_images
+from dalaug.ops.pairing import into, partner_images
 
 # One box for a whole batch, on the host: (top, bottom, left, right).
 HostBox = tuple[int, int, int, int]
@@ -132,4 +132,4 @@ def paste_masked(images: Tensor, mask: Tensor, partner: Tensor, mirrored: bool, 
     """
     donors = partner_images(images, partner, mirrored)
     out = images if inplace else donors  # donors is a fresh batch: blend into it
-    return torch.where(mask, donors, images, out=out)
+    return into(out, torch.where, mask, donors, images)

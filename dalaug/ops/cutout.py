@@ -23,6 +23,7 @@ from torch import Tensor
 from dalaug.ops.base import Augmentation, Params, check_count, check_range, check_real
 from dalaug.ops.boxes import box_mask, boxes_around, sides_for_area
 from dalaug.ops.fused import fill_holes
+from dalaug.ops.pairing import into
 from dalaug.ops.sampling import to_device
 
 
@@ -167,4 +168,4 @@ def erase(images: Tensor, holes: Tensor, fill: float | Tensor, *, inplace: bool)
     if isinstance(fill, float):
         # clone keeps the memory format; masked_fill out of place returns contiguous NCHW.
         return (images if inplace else images.clone()).masked_fill_(mask, fill)
-    return torch.where(mask, fill, images, out=images if inplace else torch.empty_like(images))
+    return into(images if inplace else torch.empty_like(images), torch.where, mask, fill, images)

@@ -32,7 +32,7 @@ from dalaug.ops.boxes import (
     paste_masked,
 )
 from dalaug.ops.fused import blend_mirrored, exchange_mirrored_boxes
-from dalaug.ops.pairing import Partner, check_partner, draw_partner, partner_images, partner_tensor
+from dalaug.ops.pairing import Partner, check_partner, draw_partner, into, partner_images, partner_tensor
 from dalaug.ops.sampling import to_device
 
 
@@ -174,7 +174,7 @@ class Mixup(Augmentation):
         if self.inplace:
             return images.lerp_(donors, weight)
         # Blend into the partners' copy: one batch-sized allocation, not two.
-        return torch.lerp(images, donors, weight, out=donors)
+        return into(donors, torch.lerp, images, donors, weight)
 
     def _mix_targets(self, targets: Tensor, smoothing: float, params: MixupParams) -> Tensor:
         return mixed_soft_targets(

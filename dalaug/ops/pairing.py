@@ -7,6 +7,7 @@ batch is one ``flip``, with no index to ship. "permute" draws a random permutati
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -57,4 +58,16 @@ def partner_images(images: Tensor, partner: Tensor, mirrored: bool) -> Tensor:
     if mirrored:
         return images.flip(0)
     # index_select alone returns contiguous NCHW; writing into empty_like keeps channels_last.
-    return torch.index_select(images, 0, partner, out=torch.empty_like(images))
+    return into(torch.empty_like(images), torch.index_select, images, 0, partner)
+
+
+def into(out: Tensor, op: Callable[..., Tensor], *args: object) -> Tensor:
+    """``op(*args, out=out)``: the operators' results land in a batch they choose (the input when
+    in place, or a fresh batch in the input's memory format).
+
+    Autograd cannot record an ``out=`` call. When it tracks one of ``args`` (features mixed inside
+    a model, an adversarial batch), the result is made anew and copied into ``out``: the same
+    values, one copy more, and the gradient flows."""
+    if torch.is_grad_enabled() and any(isinstance(arg, Tensor) and arg.requires_grad for arg in args):
+        return out.copy_(op(*args))
+    return op(*args, out=out)

@@ -187,6 +187,30 @@ def test_channels_last_in_channels_last_out(make_op, batch, inplace):
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_a_batch_autograd_tracks_is_mixed_alike_and_its_gradient_flows(make_op, make_batch, inplace, layout):
+    """Features mixed inside a model, or an adversarial batch, carry a gradient through the op."""
+    images, targets = make_batch()
+    images = images.contiguous(memory_format=layout)
+    op = make_op(seed=4, inplace=inplace)
+    params = op.sample(images)
+    expected, expected_soft = op.apply(images.clone(), targets, params)
+    leaf = images.clone().requires_grad_()
+    tracked = leaf * 1 if inplace else leaf  # in place on a non-leaf, as torch's own in-place ops
+    out, soft = op.apply(tracked, targets, params)
+    assert torch.equal(out.detach(), expected) and torch.equal(soft, expected_soft)
+    assert out.is_contiguous(memory_format=layout)
+    probe = torch.randn_like(images)
+    (out * probe).sum().backward()
+    # With its parameters fixed the op is affine in the pixels, out = L(x) + op(0), and the
+    # gradient is L's adjoint applied to the probe: <L(x), probe> = <x, gradient>.
+    offset, _ = op.apply(torch.zeros_like(images), targets, params)
+    moved = ((out.detach() - offset).double() * probe).sum()
+    gradient = leaf.grad.double()  # computed in float32, as the op's own arithmetic: a loose tolerance
+    torch.testing.assert_close(moved, (images.double() * gradient).sum(), rtol=1e-5, atol=1e-4)
+
+
 def test_disabled_op_returns_the_images_and_soft_targets(make_op, batch):
     images, targets = batch
     op = make_op(seed=0, label_smoothing=0.1)
