@@ -514,7 +514,8 @@ class Loader:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Loader({self.num_samples} samples, {self.config}, train=True)"
+        operators = f", operators={self.operators}" if self.operators else ""
+        return f"Loader({self.num_samples} samples, {self.config}{operators})"
 
 
 def _check_operators(operators) -> list[BatchOp]:

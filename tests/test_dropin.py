@@ -40,6 +40,14 @@ def test_dataset_sampler_and_attributes_answer_like_a_dataloader(photo_folder):
     assert loader.epoch == 3 and sorted(sampler) == list(range(60))
 
 
+def test_the_repr_shows_what_the_loader_does(photo_folder):
+    evaluation = dalaug.Loader(photo_folder, 8, train=False, crop=CROP, device="cpu")
+    assert repr(evaluation).startswith("Loader(60 samples, LoaderConfig(batch_size=8, train=False,")
+    assert "train=True" not in repr(evaluation) and "operators" not in repr(evaluation)
+    mixing = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", operators=dalaug.Mixup(0.2))
+    assert "train=True" in repr(mixing) and repr(mixing).endswith(f"operators=[{dalaug.Mixup(0.2)!r}])")
+
+
 @pytest.mark.parametrize("name", ["collate_fn", "sampler", "batch_sampler", "worker_init_fn"])
 def test_dataloader_arguments_without_a_meaning_here_say_what_to_use(photo_folder, name):
     with pytest.raises(TypeError, match=f"{name}: not a dalaug.Loader argument"):
