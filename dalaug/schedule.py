@@ -317,6 +317,12 @@ class Schedule:
             _check_phase("phases", phase)
         if loader is not None and not callable(getattr(loader, "with_options", None)):
             raise TypeError(f"loader: expected a dalaug.Loader or None, got {loader!r}")
+        if loader is not None and loader.operators:
+            # Kept, they would run in some phases and not others (whichever reuse the template).
+            raise ValueError(
+                f"loader: has operators {loader.operators}; a Schedule applies each phase's own "
+                "(Phase(..., operators=[...])) so that a clean phase runs none: build it without them"
+            )
         self.phases: tuple[Phase, ...] = tuple(phases)
         self.starts: tuple[int, ...] = tuple(
             sum(p.epochs for p in self.phases[:i]) for i in range(len(self.phases))
@@ -344,6 +350,16 @@ class Schedule:
         self._check_epoch(epoch)
         index = max(i for i, start in enumerate(self.starts) if start <= epoch)
         return PhaseAt(index, self.phases[index], epoch - self.starts[index])
+
+    def config_at(self, epoch: int) -> LoaderConfig:
+        """The loader configuration of ``epoch``: the template's with the phase's policy and options.
+
+        Args:
+            epoch: an int in ``[0, schedule.epochs)``.
+        """
+        if self._loaders is None:
+            raise ValueError("config_at: this schedule was built without a loader")
+        return self._configs[self.phase_at(epoch).index]
 
     def operators_at(self, epoch: int) -> list[Operator]:
         """The batch operators of ``epoch``, in order, with fades applied.
@@ -393,9 +409,9 @@ class Schedule:
         """
         if self._loaders is None:
             raise ValueError("loader_at: this schedule was built without a loader")
-        loader = self._loaders.serve(self._configs[self.phase_at(epoch).index], epoch)
+        loader = self._loaders.serve(self.config_at(epoch), epoch)
         if self.prebuild and epoch + 1 < self.epochs:
-            self._loaders.prepare(self._configs[self.phase_at(epoch + 1).index], epoch + 1)
+            self._loaders.prepare(self.config_at(epoch + 1), epoch + 1)
         return loader
 
     def close(self) -> None:
@@ -564,23 +580,69 @@ class PhasedLoader:
         self.loader = schedule.template  # the loader of the epoch served last (or first)
         self.soft = any(phase.operators for phase in schedule.phases)
         self.generator = self.loader.generator  # the operators' draws, saved with the loader state
+        self._operators: list[Operator] = []  # those of the epoch being served
+        self._serving = False
 
     def __iter__(self):
         epoch = self.schedule.epoch
         if epoch >= self.schedule.epochs:
             raise ValueError(f"the schedule's {self.schedule.epochs} epochs are done")
         self.loader = self.schedule.loader_at(epoch)
-        operators = self.schedule.operators_at(epoch)
+        self._operators = self.schedule.operators_at(epoch)
         self.schedule.epoch = epoch + 1
-        for images, targets in self.loader:
-            if self.soft:
-                images, targets = apply_operators(
-                    operators, images, targets, num_classes=len(self.loader.classes), generator=self.generator
-                )  # fmt: skip
-            yield images, targets
+        self._serving = True
+        try:
+            for images, targets in self.loader:
+                if self.soft:
+                    images, targets = apply_operators(
+                        self._operators, images, targets, num_classes=len(self.loader.classes),
+                        generator=self.generator,
+                    )  # fmt: skip
+                yield images, targets
+        finally:
+            self._serving = False
 
     def __len__(self) -> int:
-        return len(self.loader)
+        """Batches in the epoch being served or, between epochs, in the next one (a phase may
+        change the batch size)."""
+        config = self._config()
+        return len(self.loader) if config == self.loader.config else len(self.loader.with_config(config))
+
+    @property
+    def batch_size(self) -> int:
+        return self._config().batch_size
+
+    @property
+    def drop_last(self) -> bool:
+        return self._config().drop_last
+
+    @property
+    def mixup_enabled(self) -> bool:
+        """Whether any phase's operators mix (timm's name for the switch)."""
+        return any(op.mixup_enabled for op in self._switchable())
+
+    @mixup_enabled.setter
+    def mixup_enabled(self, value: bool) -> None:
+        """Turn every phase's operators off (timm's ``--mixup-off-epoch``) or on, at once."""
+        for op in self._switchable():
+            op.mixup_enabled = value
+
+    def _switchable(self) -> list[Operator]:
+        """Every phase's operators and this epoch's (a faded one is a copy): each with the switch."""
+        given = [op for phase in self.schedule.phases for op in phase.operators]
+        operators = [op.op if isinstance(op, Fade) else op for op in given] + self._operators
+        if not operators:
+            raise AttributeError("mixup_enabled: no phase of this schedule has operators to turn on or off")
+        for op in operators:
+            if not hasattr(op, "mixup_enabled"):
+                raise AttributeError(f"mixup_enabled: operator {op!r} has no on/off switch (mixup_enabled)")
+        return operators
+
+    def _config(self) -> LoaderConfig:
+        """The configuration of the epoch being served or, between epochs, of the next one."""
+        if self._serving or self.schedule.epoch >= self.schedule.epochs:
+            return self.loader.config
+        return self.schedule.config_at(self.schedule.epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Serve ``epoch`` next (a loop's ``set_epoch`` at the top of each epoch keeps the cursor)."""
@@ -597,8 +659,8 @@ class PhasedLoader:
     def __getattr__(self, name: str):
         # The DataLoader surface (dataset, batch_size, drop_last, classes, device, ...) is the
         # current loader's: every phase reads the same samples in the same batches.
-        if name in ("dataset", "batch_size", "drop_last", "classes", "device", "num_workers",
-                    "pin_memory", "sample_ids", "num_samples"):  # fmt: skip
+        if name in ("dataset", "classes", "device", "num_workers", "pin_memory", "sample_ids",
+                    "num_samples"):  # fmt: skip
             return getattr(self.loader, name)
         raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
 

@@ -156,6 +156,32 @@ def test_a_schedule_iterated_like_a_loader_runs_refinement_in_an_unchanged_loop(
         assert len(train_loader.dataset) == 60 and train_loader.batch_size == 8
 
 
+def test_a_schedule_as_a_loader_tells_each_epochs_length_and_obeys_the_mixup_switch(photo_folder):
+    template = dalaug.Loader(photo_folder, 4, train=True, crop=CROP, device="cpu")
+    heavy = dalaug.Phase(2, operators=[dalaug.Mixup(alpha=1.0, num_classes=3)])
+    clean = dalaug.Phase(1, options={"batch_size": 6})  # a phase may change the batch size
+    with dalaug.Schedule([heavy, clean], template) as schedule:
+        train_loader = schedule.as_loader()
+        lengths, mixed = [], []
+        for epoch in range(3):
+            told = (len(train_loader), train_loader.batch_size)  # asked before the epoch, as loops do
+            batches = [soft for _, soft in train_loader]
+            lengths.append((told, (len(batches), batches[0].shape[0])))
+            mixed.append(bool((torch.cat(batches).max(1).values < 1).any()))
+            if epoch == 0:
+                train_loader.mixup_enabled = False  # timm's --mixup-off-epoch
+                assert not train_loader.mixup_enabled
+        assert [told for told, _ in lengths] == [got for _, got in lengths] == [(15, 4), (15, 4), (10, 6)]
+        assert mixed == [True, False, False]
+
+
+def test_a_schedules_template_may_not_bring_operators_of_its_own(photo_folder):
+    template = dalaug.Loader(photo_folder, 4, train=True, crop=CROP, device="cpu",
+                             operators=[dalaug.Mixup(alpha=1.0, num_classes=3)])  # fmt: skip
+    with pytest.raises(ValueError, match="loader: has operators .*Phase"):
+        dalaug.Schedule(dalaug.refine(dalaug.Phase(2, policy="autoaugment"), 1), template)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_batches_never_wait_for_the_device(photo_folder):
