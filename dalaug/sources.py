@@ -118,6 +118,15 @@ def image_folder(root: str | Path) -> Samples:
         raise ValueError(
             f"source: no image files under {str(root)!r} (looked for {', '.join(IMAGE_EXTENSIONS)})"
         )
+    counts = np.bincount(labels, minlength=len(classes))
+    empty = [name for name, count in zip(classes, counts, strict=True) if not count]
+    if empty:
+        # A class with no image would still take a label and shift those of the classes after
+        # it, unlike in a folder without it (a validation set): torchvision's ImageFolder refuses too.
+        raise ValueError(
+            f"source: class folders {empty} of {str(root)!r} hold no image files; remove them (or "
+            "move hidden folders such as .ipynb_checkpoints out), as every later class's label would shift"
+        )
     return _files(files, labels, classes, tuple(broken))
 
 

@@ -182,6 +182,16 @@ def test_bad_sources_are_named(tmp_path):
         dalaug.Loader(tmp_path, 8, train=True)
 
 
+def test_a_class_folder_without_images_is_refused_as_it_would_shift_the_labels(photo_folder, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(photo_folder, root)
+    (root / ".ipynb_checkpoints").mkdir()  # sorts first: every real class would move up by one
+    with pytest.raises(ValueError, match=r"class folders \['.ipynb_checkpoints'\] .* hold no image files"):
+        dalaug.Loader(root, 8, train=True)
+
+
 def test_a_file_that_fails_to_decode_is_named(colour_folder, tmp_path):
     import shutil
 
