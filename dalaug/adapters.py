@@ -12,6 +12,7 @@ names it: nothing a command line sets is silently dropped.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -108,7 +109,7 @@ def create_loader(
     )  # fmt: skip
     if not is_training:
         # timm's validate() all-reduces every batch: the ranks must hold equal batch counts.
-        resize = round(crop / (crop_pct or DEFAULT_CROP_PCT))
+        resize = math.floor(crop / (crop_pct or DEFAULT_CROP_PCT))  # as timm's eval transform
         return Loader(_source(dataset), batch_size, train=False, resize=resize, lockstep=True, **options)
     # timm leaves colour jitter out when a policy is set, and so does this.
     jitter = 0.0 if auto_augment else _single(color_jitter)

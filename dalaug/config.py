@@ -28,6 +28,9 @@ MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last)
 
 # What does not change which samples come out or their pixels: left out of a saved state's identity.
 PERFORMANCE_FIELDS = ("device", "num_threads", "io_workers", "prefetch", "max_bad_fraction")
+# Options only one kind of loader uses (the random crop and policy; the eval resize).
+TRAIN_OPTIONS = ("scale", "ratio", "flip", "policy", "color_jitter")
+EVAL_OPTIONS = ("resize",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +105,17 @@ class LoaderConfig:
 
     def replace(self, **changes: Any) -> LoaderConfig:
         """A checked copy with some fields changed (the device stays resolved)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        unknown = set(changes) - set(fields)
         if unknown:
             raise TypeError(f"unknown loader option(s): {sorted(unknown)}")
+        if changes.get("train", self.train) != self.train:
+            # A loader of the other kind, as its constructor makes one: shuffle and drop_last
+            # follow train, and the options of the kind left behind go back to their defaults.
+            for name in ("shuffle", "drop_last"):
+                changes.setdefault(name, changes["train"])
+            for name in TRAIN_OPTIONS if self.train else EVAL_OPTIONS:
+                changes.setdefault(name, fields[name].default)
         return dataclasses.replace(self, **changes)
 
     def identity(self) -> str:
@@ -180,11 +191,19 @@ def _check_range(name: str, value, upper: float) -> tuple[float, float]:
 
 
 def _check_mean_std(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    checked = []
     for name, values in (("mean", mean), ("std", std)):
-        if not (isinstance(values, Sequence) and len(values) == 3):
-            raise ValueError(f"{name}: expected 3 per-channel values on the 0-1 scale, got {values!r}")
+        try:  # any three real numbers: a tuple, a list, a numpy array
+            numbers = tuple(float(v) for v in values) if not isinstance(values, (str, bytes)) else ()
+        except (TypeError, ValueError):
+            numbers = ()
+        if len(numbers) != 3 or not all(math.isfinite(v) for v in numbers):
+            raise ValueError(f"{name}: expected 3 per-channel numbers on the 0-1 scale, got {values!r}")
+        checked.append(numbers)
+    mean, std = checked
     if not all(0 <= m <= 1 for m in mean):
         raise ValueError(f"mean: values must lie in [0, 1] (the 0-1 pixel scale), got {mean!r}")
-    if not all(s > 0 for s in std):
-        raise ValueError(f"std: values must be > 0, got {std!r}")
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    # Pixels on the 0-1 scale cannot spread more than 0.5: a larger std is on the 0-255 scale.
+    if not all(0 < s <= 1 for s in std):
+        raise ValueError(f"std: values must lie in (0, 1] (the 0-1 pixel scale, as ImageNet's), got {std!r}")
+    return mean, std

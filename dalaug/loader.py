@@ -159,13 +159,8 @@ class Loader:
                     "partial batch) or train=False (resize + centre crop, every sample once)"
                 )
             train = shuffle
-        for name, alias, value in (("num_threads", "num_workers", num_workers),
-                                   ("prefetch", "prefetch_factor", prefetch_factor)):  # fmt: skip
-            if value is not None:
-                if name in options:
-                    raise TypeError(f"{alias}: give {alias} or {name}, not both")
-                # num_workers=0 (DataLoader: load in the main process) means the default threads here.
-                options[name] = value if value or name != "num_threads" else None
+        options = _our_names(options, num_workers=num_workers, prefetch_factor=prefetch_factor)
+        _check_used(train, options)
         config = LoaderConfig(
             batch_size=batch_size,
             train=train,
@@ -194,7 +189,7 @@ class Loader:
                 f"of each of {sharding.world_size} rank(s), and drop_last leaves no batch"
             )
         self.reader = BatchReader(self.feed, config.io_workers)
-        self.generator = torch.Generator().manual_seed(config.seed * 1009 + sharding.rank)
+        self.generator = torch.Generator().manual_seed((config.seed * 1009 + sharding.rank) % 2**64)
         self.max_bad_fraction = float(config.max_bad_fraction)
         self.epoch = 0  # the epoch the next (or current) iteration serves
         self.iteration = 0  # batches of that epoch delivered so far
@@ -419,6 +414,9 @@ class Loader:
             >>> clean = loader.with_options(policy=None)  # doctest: +SKIP
         """
         operators = changes.pop("operators", self.operators)
+        aliases = {name: changes.pop(name, None) for name in ("num_workers", "prefetch_factor")}
+        changes = _our_names(changes, **aliases)
+        _check_used(changes.get("train", self.config.train), changes)
         return self.with_config(self.config.replace(**changes), operators)
 
     def with_config(self, config: LoaderConfig, operators: Sequence[BatchOp] | None = None) -> Loader:
@@ -516,6 +514,34 @@ class Loader:
     def __repr__(self) -> str:
         operators = f", operators={self.operators}" if self.operators else ""
         return f"Loader({self.num_samples} samples, {self.config}{operators})"
+
+
+def _our_names(options: dict, num_workers: int | None, prefetch_factor: int | None) -> dict:
+    """``options`` with DataLoader's ``num_workers`` and ``prefetch_factor`` under dalaug's names."""
+    options = dict(options)
+    for name, alias, value in (("num_threads", "num_workers", num_workers),
+                               ("prefetch", "prefetch_factor", prefetch_factor)):  # fmt: skip
+        if value is not None:
+            if name in options:
+                raise TypeError(f"{alias}: give {alias} or {name}, not both")
+            # num_workers=0 (DataLoader: load in the main process) means the default threads here.
+            options[name] = value if value or name != "num_threads" else None
+    return options
+
+
+def _check_used(train: bool, options: dict) -> None:
+    """Refuse an option the loader would not use: a training loader random-crops the image as it
+    is (no resize first); an evaluation loader resizes and centre-crops (no random crop, no flip)."""
+    if train and options.get("resize") is not None:
+        raise ValueError("resize: sets an evaluation loader's shorter side (train=False); a training loader "
+                         "random-crops the image as it is (scale, ratio)")  # fmt: skip
+    if not train:
+        for name in ("scale", "ratio"):
+            if name in options:
+                raise ValueError(f"{name}: sets a training loader's random crop (train=True); an evaluation "
+                                 "loader resizes and centre-crops (resize)")  # fmt: skip
+        if options.get("flip"):
+            raise ValueError("flip: an evaluation loader (train=False) never flips")
 
 
 def _check_operators(operators) -> list[BatchOp]:

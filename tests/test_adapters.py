@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from timm.data import FastCollateMixup
+from timm.data import FastCollateMixup, create_transform
 from timm.loss import SoftTargetCrossEntropy
 
 from dalaug.adapters import create_loader
@@ -41,8 +41,15 @@ def test_a_timm_shaped_loop_mixes_until_the_off_epoch_then_stops(photo_folder):
 
 def test_the_eval_loader_reads_every_sample_once_at_timm_crop_pct(photo_folder):
     loader = create_loader(photo_folder, input_size=32, batch_size=8, crop_pct=0.9, device="cpu")
-    assert not loader.train and loader.config.resize == round(32 / 0.9)
+    assert not loader.train
     assert sum(len(target) for _, target in loader) == 60
+
+
+@pytest.mark.parametrize("crop_pct", [0.875, 0.9, 0.95, 1.0])
+def test_the_eval_resize_is_timms(photo_folder, crop_pct):
+    timm_resize = create_transform(224, is_training=False, crop_pct=crop_pct).transforms[0].size
+    loader = create_loader(photo_folder, input_size=224, batch_size=8, crop_pct=crop_pct, device="cpu")
+    assert loader.config.resize == timm_resize
 
 
 @pytest.mark.parametrize(

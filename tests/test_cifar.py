@@ -33,13 +33,17 @@ def dump(path: Path, content: dict, protocol: int) -> None:
     path.write_bytes(pickle.dumps(content, protocol=protocol))
 
 
-def write_cifar10(root: Path, protocol: int = 2, per_batch: int = 3, test: int = 4) -> Path:
+def write_cifar10(root: Path, protocol: int = 2, per_batch: int = 3, test: int = 10) -> Path:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(10)
     for i in range(1, 6):
-        dump(folder / f"data_batch_{i}", batch(rng, per_batch, 10, b"labels"), protocol)
-    dump(folder / "test_batch", batch(rng, test, 10, b"labels"), protocol)
+        content = batch(rng, per_batch, 10, b"labels")
+        # Every class in each split, as in CIFAR-10 (a class folder without images is refused).
+        content[b"labels"] = [(per_batch * (i - 1) + k) % 10 for k in range(per_batch)]
+        dump(folder / f"data_batch_{i}", content, protocol)
+    test_batch = batch(rng, test, 10, b"labels") | {b"labels": (rng.permutation(test) % 10).tolist()}
+    dump(folder / "test_batch", test_batch, protocol)
     meta = {b"label_names": [n.encode() for n in CIFAR10_NAMES], b"num_cases_per_batch": per_batch}
     dump(folder / "batches.meta", meta, protocol)
     return folder

@@ -147,6 +147,26 @@ def test_with_options_builds_the_clean_variant_over_the_same_samples(photo_folde
     assert clean.config.policy is None and clean.samples is heavy.samples and len(clean) == len(heavy)
 
 
+def test_with_options_to_the_other_kind_of_loader_is_what_its_constructor_makes(photo_folder):
+    heavy = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", policy="autoaugment",
+                          scale=(0.5, 1.0), num_workers=1)  # fmt: skip
+    made = dalaug.Loader(photo_folder, 8, train=False, crop=CROP, device="cpu", num_workers=1)
+    assert heavy.with_options(train=False).config == made.config  # in order, every sample, no policy
+    assert made.with_options(train=True, policy="autoaugment", scale=(0.5, 1.0)).config == heavy.config
+    assert heavy.with_options(num_workers=2, prefetch_factor=3).config.num_threads == 2  # DataLoader names
+    with pytest.raises(ValueError, match="resize: .*evaluation loader"):
+        heavy.with_options(resize=64)
+
+
+def test_options_given_in_any_sequence_and_any_seed_are_taken(photo_folder):
+    seed = 1_733_000_000_000_000_000  # time.time_ns()
+    loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", seed=seed,
+                           mean=np.array([0.5, 0.5, 0.5]), std=[0.25, 0.25, 0.25])  # fmt: skip
+    assert loader.config.mean == (0.5, 0.5, 0.5) and loader.config.std == (0.25, 0.25, 0.25)
+    images, _ = next(iter(loader))
+    assert images.shape == (8, 3, CROP, CROP)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -157,6 +177,12 @@ def test_with_options_builds_the_clean_variant_over_the_same_samples(photo_folde
         ({"batch_size": 8, "mean": (0.5, 0.5)}, "mean"),
         ({"batch_size": 8, "mean": (124, 116, 104)}, "mean"),
         ({"batch_size": 8, "std": (0.2, 0.0, 0.2)}, "std"),
+        ({"batch_size": 8, "std": (58.4, 57.1, 57.4)}, "std: .*0-1 pixel scale"),  # the 0-255 scale
+        ({"batch_size": 8, "mean": "abc"}, "mean: expected 3 per-channel numbers"),
+        ({"batch_size": 8, "resize": 256}, "resize: .*evaluation loader"),
+        ({"batch_size": 8, "train": False, "scale": (0.5, 1.0)}, "scale: .*training loader"),
+        ({"batch_size": 8, "train": False, "ratio": (0.5, 2.0)}, "ratio: .*training loader"),
+        ({"batch_size": 8, "train": False, "flip": True}, "flip: an evaluation loader"),
         ({"batch_size": 8, "scale": (0.5, 0.1)}, "scale"),
         ({"batch_size": 8, "train": False, "policy": "autoaugment"}, "policy"),
         ({"batch_size": 8, "dtype": torch.int32}, "dtype"),
