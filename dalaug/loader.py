@@ -199,6 +199,7 @@ class Loader:
         self._pipeline: DALIGenericIterator | None = None
         self._generation = 0  # pipelines built so far; each gets its own seed
         self._retried: tuple[int, int] | None = None  # where an unexplained failure was retried
+        self._iterating: object | None = None  # the token of the iterator serving now, if any
         for name, reason in samples.unreadable:
             self._leave_out({name: reason})
 
@@ -268,14 +269,31 @@ class Loader:
         """One epoch of ``(images, targets)``; the next ``for`` serves the next epoch.
 
         A loader restored mid-epoch by :meth:`load_state_dict` serves the rest of that epoch; an
-        epoch broken off (``break``) counts as served, as with a DataLoader.
+        epoch broken off (``break``) counts as served, as with a DataLoader. The loader is one
+        stream, iterated by one iterator at a time: a new one (or ``set_epoch``) while an earlier
+        one is still alive (a kept peek) ends that one as a ``break`` would, and that one raises if
+        asked again, so that no batch goes to two iterators and no epoch is skipped.
         """
+        self._end_iteration()
+        token = self._iterating = object()
         try:
             while self.iteration < len(self):
+                if self._iterating is not token:
+                    raise RuntimeError(
+                        "this iterator of the loader was ended by a newer iter(loader), set_epoch or "
+                        "load_state_dict: a Loader serves one iteration at a time"
+                    )
                 batch = self._next_batch()
                 self.iteration += 1
                 yield batch
         finally:
+            if self._iterating is token:
+                self._end_iteration()
+
+    def _end_iteration(self) -> None:
+        """The epoch being iterated, if any, counts as served (run through or broken off)."""
+        if self._iterating is not None:
+            self._iterating = None
             self.epoch += 1
             self.iteration = 0
 
@@ -287,6 +305,7 @@ class Loader:
         """
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"epoch: expected a non-negative int, got {epoch!r}")
+        self._end_iteration()
         if epoch != self.epoch:
             self.epoch, self.iteration = epoch, 0
 
@@ -475,6 +494,7 @@ class Loader:
                 f"{state['config']}, this loader has {self.config.identity()}"
             )
         self.close()
+        self._iterating = None  # an iterator still alive serves no more: the saved position rules
         self.feed.load_state_dict(state["feed"])
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
         self._generation = int(state["generation"])

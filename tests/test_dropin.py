@@ -87,6 +87,23 @@ def test_a_peek_costs_no_rebuild_and_the_next_epoch_is_whole(photo_folder):
     assert loader._generation == 1  # one pipeline built, for all of it
 
 
+def test_a_kept_peek_ends_when_the_next_epoch_starts_and_no_epoch_is_skipped(photo_folder):
+    loader = dalaug.Loader(photo_folder, 8, train=False, crop=CROP, device="cpu")
+    peek = iter(loader)
+    next(peek)  # kept, e.g. a warm-up batch for torch.compile
+    first = [loader.sample_ids.clone() for _ in loader]  # a new epoch, whole: the peek counted as one
+    del peek  # its end comes late and moves nothing
+    second = [loader.sample_ids.clone() for _ in loader]
+    assert loader.epoch == 3
+    assert torch.equal(torch.cat(first), torch.arange(60))
+    assert torch.equal(torch.cat(second), torch.arange(60))
+    one, other = iter(loader), iter(loader)
+    next(one)
+    next(other)  # takes over: no batch goes to both, the one before says so
+    with pytest.raises(RuntimeError, match="ended by a newer iter"):
+        next(one)
+
+
 def test_files_are_read_off_the_training_thread_also_without_workers(photo_folder):
     loader = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", io_workers=0)
     read, threads = loader.reader.read_bytes, set()
