@@ -11,6 +11,7 @@ augmented one, so the difference can grow even while both fall).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dalaug.compose import run_operators
+from dalaug.ops.manifold import ManifoldMixup
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,9 @@ def measure_gap(
 ) -> Gap:
     """The model's mean loss on clean batches and on the augmented version of the same samples.
 
-    The model runs in eval mode without gradients (its mode is restored afterwards). The
+    The model runs in eval mode without gradients (its mode is restored afterwards); a
+    :class:`~dalaug.ops.ManifoldMixup` among the operators mixes the hidden states of the augmented
+    forward all the same (``mixing_in_eval``), with BatchNorm in eval mode. The
     augmented version of a batch is the matching ``augmented`` batch (the pipeline with the
     policy), or the clean batch itself, passed through ``operators`` in order. The operators draw
     from a generator seeded with ``seed``, so repeated measurements see the same mixing and the
@@ -117,10 +121,14 @@ def measure_gap(
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
+    # Manifold Mixup mixes inside the model's forward, which it skips in eval mode unless told.
+    manifold = [op for op in operators if isinstance(op, ManifoldMixup)]
     clean_sum = augmented_sum = None
     samples = 0
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            for op in manifold:
+                stack.enter_context(op.mixing_in_eval())
             others = iter(augmented) if augmented is not None else None
             for index, (images, targets) in enumerate(clean):
                 images, targets = _to(images, device), _to(targets, device)
@@ -129,12 +137,14 @@ def measure_gap(
                 else:
                     aug_images, aug_targets = _matching(index, targets, others, clean, augmented)
                     aug_images, aug_targets = _to(aug_images, device), _to(aug_targets, device)
-                aug_images, aug_targets = run_operators(operators, aug_images, aug_targets, generator)
-                # Sums stay on the device; one read at the end instead of a sync per batch.
+                # The clean forward first: a Manifold Mixup call arms the model's next forward.
                 logits = model(images)
+                aug_images, aug_targets = run_operators(operators, aug_images, aug_targets, generator)
                 # Unchanged images (no operator applied): the same logits, not a second forward
                 # pass, whose rounding may differ (oneDNN picks kernels by buffer alignment).
-                aug_logits = logits if aug_images is images else model(aug_images)
+                unchanged = aug_images is images and not manifold
+                aug_logits = logits if unchanged else model(aug_images)
+                # Sums stay on the device; one read at the end instead of a sync per batch.
                 clean_loss = _loss_sum(logits, targets)
                 augmented_loss = _loss_sum(aug_logits, aug_targets)
                 clean_sum = clean_loss if clean_sum is None else clean_sum + clean_loss

@@ -153,3 +153,22 @@ def test_recalibrated_bn_measures_with_the_clean_batches_own_statistics(trained)
     assert stale.training
     with pytest.raises(TypeError, match="recalibrate_bn"):
         measure_gap(stale, batches, recalibrate_bn="yes")
+
+
+def test_manifold_mixup_mixes_the_hidden_states_of_the_augmented_pass_with_batchnorm_in_eval(trained):
+    # He et al.'s Table 2 measures the gap of a Manifold Mixup run: in eval mode the operator would
+    # pass the batch through unmixed, and the gap would read exactly 0.
+    from dalaug.ops import ManifoldMixup
+
+    model = copy.deepcopy(trained)
+    statistics = copy.deepcopy(model[1].state_dict())
+    op = ManifoldMixup(alpha=1.0, num_classes=CLASSES, layers=["2"])
+    with op.attach(model) as handle:
+        gap = measure_gap(model, toy_batches(), [op])
+        assert gap.augmented > gap.clean + 0.1
+        assert handle.armed is None and not handle.in_eval  # nothing left for the next forward
+        assert model.training and all(torch.equal(v, statistics[k]) for k, v in model[1].state_dict().items())
+        # Outside the measurement, eval-mode calls pass through again.
+        model.eval()
+        images, targets = toy_batches()[0]
+        assert op(images, targets)[0] is images and handle.armed is None

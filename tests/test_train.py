@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -275,3 +276,111 @@ def test_the_curves_plot_takes_a_history_measured_only_now_and_then(tmp_path):
     ]  # fmt: skip
     plot = write_plot(recipe, history, tmp_path / "curves.png")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_model_replaces_the_recipes_model_and_drops_its_kwargs(colour_data, tmp_path, capsys):
+    recipe = write_recipe(tmp_path, colour_data, heavy=1, refine=1)  # preact_resnet18, width=4
+    out = tmp_path / "out"
+    assert main(["--recipe", str(recipe), "--out", str(out), "--device", "cpu", "--model", "resnet18"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "resnet18" and config["model_kwargs"] == {}
+    # A recipe's kwargs its model refuses: one line naming the model and where it came from.
+    recipe.write_text(recipe.read_text().replace('model="preact_resnet18"', 'model="resnet18"'))
+    assert main(["--recipe", str(recipe), "--out", str(tmp_path / "bad"), "--device", "cpu"]) == 2
+    line = error_line(capsys)
+    assert "'resnet18'" in line and "--model" in line and "width" in line
+
+
+@pytest.mark.parametrize("change", ["missing", "extra"])
+def test_train_and_val_with_other_classes_are_refused_at_the_start(colour_data, tmp_path, capsys, change):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(colour_data, data)
+    if change == "missing":
+        shutil.rmtree(data / "val" / "c2")  # the labels of c3 would shift onto c2
+    else:
+        shutil.copytree(data / "val" / "c3", data / "val" / "c9")
+    recipe = write_recipe(tmp_path, data, heavy=1, refine=1)
+    assert main(["--recipe", str(recipe), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    line = error_line(capsys)
+    assert str(data / "train") in line and str(data / "val") in line
+    assert ("'c2'" if change == "missing" else "'c9'") in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_operators_for_another_class_count_are_refused_at_the_start(colour_data, tmp_path, capsys):
+    recipe = write_recipe(tmp_path, colour_data, heavy=1, refine=1)
+    recipe.write_text(recipe.read_text().replace("num_classes=4", "num_classes=100"))
+    assert main(["--recipe", str(recipe), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    line = error_line(capsys)
+    assert "num_classes=100" in line and "4 classes" in line
+
+
+def test_a_short_run_keeps_every_milestone_and_refines_at_the_last_stages_rate():
+    from train.recipe import load_recipe, with_epochs
+
+    recipe = with_epochs(load_recipe(REPO / "pipelines" / "cifar100_mixup.py"), 2)
+    assert recipe.milestones == (1, 1)
+    assert recipe.base_lr(1) == pytest.approx(0.001)
+
+
+def test_resume_under_other_settings_is_refused_naming_what_differs(colour_data, tmp_path, capsys):
+    from train.loop import Trainer
+    from train.recipe import load_recipe
+
+    recipe = write_recipe(tmp_path, colour_data, heavy=2, refine=2)
+    out = tmp_path / "out"
+    Trainer(load_recipe(recipe), out, device="cpu").run(until=2)
+    base = ["--recipe", str(recipe), "--out", str(out), "--device", "cpu", "--resume"]
+    for extra, named in ((["--epochs", "3"], "epochs: 4 there, 3 now"), (["--model", "resnet18"], "model:")):
+        assert main(base + extra) == 2
+        line = error_line(capsys)
+        assert str(out / "checkpoint.pt") in line and named in line
+    # The same settings resume, also with the data copied elsewhere (a job's local disk); the
+    # summary counts the epochs this process ran.
+    moved = tmp_path / "moved"
+    shutil.copytree(colour_data, moved)
+    assert main(base + ["--data", str(moved)]) == 0
+    assert "tiny: 2 epochs (resumed at epoch 2 of 4)" in capsys.readouterr().out
+    assert [r["epoch"] for r in history(out)] == [0, 1, 2, 3]
+
+
+def test_resume_without_a_checkpoint_says_it_starts_from_scratch(colour_data, tmp_path, caplog):
+    import logging
+
+    from train.loop import Trainer
+    from train.recipe import load_recipe
+
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="dalaug.train"):
+        trainer = Trainer(load_recipe(write_recipe(tmp_path, colour_data)), out, device="cpu", resume=True)
+    assert trainer.start_epoch == 0
+    assert f"no checkpoint at {out / 'checkpoint.pt'}: starting from scratch" in caplog.text
+
+
+def test_an_out_that_is_a_file_is_refused_before_training(colour_data, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
+        assert main(["--recipe", str(write_recipe(tmp_path, colour_data)), "--out", str(out)]) == 2
+        assert "--out" in error_line(capsys)
+
+
+def test_config_records_the_absolute_data_path_and_the_precision_actually_used(colour_data, tmp_path):
+    from train.loop import Trainer
+    from train.recipe import load_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path, colour_data, heavy=1, refine=1))
+    relative = os.path.relpath(colour_data)
+    out = tmp_path / "out"
+    recipe = recipe.replace(data=relative, precision="bf16", channels_last=True)
+    Trainer(recipe, out, device="cpu").run(until=0)
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"] == str(colour_data.resolve())
+    assert config["precision"] == "fp32" and config["channels_last"] is False  # a CPU run

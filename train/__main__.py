@@ -23,7 +23,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="per-process batch size")
     parser.add_argument("--lr", type=float, help="base learning rate")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--model", help="model name (torchvision, timm, or preact_resnet18)")
+    parser.add_argument(
+        "--model",
+        help="model name (torchvision, timm, or preact_resnet18); replaces the recipe's model and "
+        "drops its model_kwargs, which belong to that model",
+    )
     parser.add_argument("--out", help="run folder (default runs/<recipe name>)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: CUDA when available")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
@@ -39,9 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         recipe = load_recipe(args.recipe)
-        overrides = {"data": args.data, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                     "model": args.model}  # fmt: skip
+        overrides = {"data": args.data, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
         recipe = recipe.replace(**{k: v for k, v in overrides.items() if v is not None})
+        if args.model is not None:
+            recipe = recipe.replace(model=args.model, model_kwargs={})
         if args.epochs is not None:
             recipe = with_epochs(recipe, args.epochs)
         start = time.perf_counter()
@@ -49,14 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    first = trainer.start_epoch
     history = trainer.run()
     import torch.distributed as dist
 
     if dist.is_initialized():
         dist.destroy_process_group()
     if trainer.rank == 0 and history:
-        print(f"\n{recipe.name}: {recipe.epochs} epochs in {time.perf_counter() - start:.0f} s "
-              f"on {trainer.device}\n")  # fmt: skip
+        # What this process ran: after a resume, fewer epochs than the recipe's.
+        ran = f"{recipe.epochs - first} epochs"
+        if first:
+            ran += f" (resumed at epoch {first} of {recipe.epochs})"
+        print(f"\n{recipe.name}: {ran} in {time.perf_counter() - start:.0f} s on {trainer.device}\n")
         print(summary_table(recipe, history))
         plot = write_plot(recipe, history, trainer.out / "curves.png")
         print(f"\nmetrics: {trainer.out / 'metrics.jsonl'}\nplot:    {plot}")

@@ -85,6 +85,10 @@ class Trainer:
         self.eval_every, self.gap_every = eval_every, gap_every
         self.checkpoint, self.progress = checkpoint, progress
         self.out = Path(out)
+        # Before the loaders are built: a file in the way would only show when the run writes.
+        blocking = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise ValueError(f"--out: {str(blocking)!r} is a file; give a folder for the run")
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if device in (None, "cuda") and torch.cuda.is_available():
@@ -116,6 +120,9 @@ class Trainer:
         )  # fmt: skip
         self.classes = train_loader.classes
         self.num_classes = len(self.classes)
+        _check_classes(train_dir, self.classes, eval_dir, self.eval_loader.classes)
+        operators = list(_leaf_operators(op for phase in recipe.phases for op in phase.operators))
+        _check_num_classes(operators, self.num_classes, train_dir, recipe.data)
         self.schedule = dalaug.Schedule(recipe.phases, train_loader)
         self.gap_batches = self._gap_batches(train_loader)
 
@@ -123,8 +130,7 @@ class Trainer:
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.module = self.model
         # Manifold Mixup mixes inside the model: its hooks go on the unwrapped module, once.
-        listed = [getattr(op, "op", op) for phase in recipe.phases for op in phase.operators]  # unwrap Fades
-        manifold = {id(op): op for op in listed if isinstance(op, ManifoldMixup)}
+        manifold = {id(op): op for op in operators if isinstance(op, ManifoldMixup)}
         self.hooks = [op.attach(self.module) for op in manifold.values()]
         if self.distributed:
             self.model = DistributedDataParallel(self.model, device_ids=[self.device] if on_gpu else None)
@@ -137,8 +143,20 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(recipe.seed * 1009 + self.rank)
         self.history: list[dict] = []
         self.start_epoch = 0
-        if resume and (self.out / "checkpoint.pt").exists():
-            self._load(self.out / "checkpoint.pt")
+        # What config.json records and a resume must match: the settings as this run uses them.
+        self.config = {f.name: _jsonable(getattr(recipe, f.name)) for f in fields(recipe)}
+        self.config.update(
+            epochs=recipe.epochs,
+            data=str(train_dir.parent.resolve()),
+            precision=next((k for k, v in AMP_DTYPES.items() if v == self.amp), "fp32"),
+            channels_last=self.memory_format == torch.channels_last,
+        )
+        if resume:
+            if (self.out / "checkpoint.pt").exists():
+                self._load(self.out / "checkpoint.pt")
+            else:
+                # A job that always passes --resume starts the same way; say which start it took.
+                log.info("no checkpoint at %s: starting from scratch", self.out / "checkpoint.pt")
 
     def _gap_batches(self, train_loader: dalaug.Loader) -> tuple | None:
         """Clean and heavy batches of the same few training samples, for the gap monitor.
@@ -173,8 +191,7 @@ class Trainer:
         """Train from the current epoch to the end (or up to epoch ``until``); return the history."""
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            config = {f.name: _jsonable(getattr(self.recipe, f.name)) for f in fields(self.recipe)}
-            (self.out / "config.json").write_text(json.dumps(config, indent=2))
+            (self.out / "config.json").write_text(json.dumps(self.config, indent=2))
             # The checkpoint's history is the truth: a run killed after logging an epoch but
             # before checkpointing it must not log that epoch twice.
             (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
@@ -283,6 +300,7 @@ class Trainer:
             "generator": self.generator.get_state(),
             "loader": loader.state_dict(),
             "history": self.history,
+            "config": self.config,
         }
         if self.distributed:
             # each rank's loader and generator differ; rank 0 writes them all
@@ -295,7 +313,13 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         state = checkpoint.load(path, map_location=self.device)
-        self.module.load_state_dict(state["model"])
+        # Checkpoints from before the config was recorded go unchecked; their weights still must fit.
+        _check_same_run(path, state.get("config", self.config), self.config)
+        try:
+            self.module.load_state_dict(state["model"])
+        except RuntimeError as error:
+            reason = str(error).splitlines()[0]
+            raise ValueError(f"--resume: {path} holds another model ({reason}); use another --out") from error
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.schedule.load_state_dict(state["schedule"])
@@ -323,6 +347,51 @@ def _format(record: dict) -> str:
             value = record[key]
             parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
     return " ".join(parts)
+
+
+def _leaf_operators(operators):
+    """The operators themselves: Fades' operators and RandomChoice's choices, unwrapped."""
+    for op in operators:
+        op = getattr(op, "op", op)
+        yield op
+        yield from _leaf_operators(getattr(op, "ops", ()))
+
+
+def _check_classes(train_dir: Path, train: list[str], eval_dir: Path, evaluation: list[str]) -> None:
+    # A label is an index into the sorted class list: one class more or less shifts every label after it.
+    if train != evaluation:
+        missing, extra = sorted(set(train) - set(evaluation)), sorted(set(evaluation) - set(train))
+        raise ValueError(
+            f"--data: {str(train_dir)!r} and {str(eval_dir)!r} must hold the same classes; only in "
+            f"{train_dir.name}/: {missing or 'none'}, only in {eval_dir.name}/: {extra or 'none'}"
+        )
+
+
+def _check_num_classes(operators: list, num_classes: int, train_dir: Path, data: str | None) -> None:
+    counts = sorted({op.num_classes for op in operators if getattr(op, "num_classes", None) is not None})
+    if counts and counts != [num_classes]:
+        hint = " (no --data given: the embedded digits were used)" if data is None else ""
+        raise ValueError(
+            f"recipe: its operators have num_classes={', '.join(map(str, counts))}, but "
+            f"{str(train_dir)!r} has {num_classes} classes{hint}; give the recipe's --data or fix num_classes"
+        )
+
+
+def _check_same_run(path: Path, saved: dict, now: dict) -> None:
+    # Resuming under other settings would splice two schedules (or models) into one run. Where the
+    # data lives may change between jobs (copied to each job's local disk): that is no other run.
+    keys = (saved.keys() | now.keys()) - {"data"}
+    differing = sorted(key for key in keys if saved.get(key) != now.get(key))
+    if differing:
+        changes = "; ".join(
+            f"{key}: {_short(saved.get(key))} there, {_short(now.get(key))} now" for key in differing
+        )
+        raise ValueError(f"--resume: {path} was written under other settings ({changes}); use another --out")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _jsonable(value):

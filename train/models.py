@@ -9,7 +9,9 @@ The CIFAR/Tiny-ImageNet backbones of He et al., "Data Augmentation Revisited" (T
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+from collections.abc import Callable
 
 import torch
 import torchvision
@@ -262,18 +264,30 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """Build ``name`` with a ``num_classes``-way head: ours, torchvision's, then timm's.
 
     Raises:
-        ValueError: the name is known to none of them.
+        ValueError: the name is known to none of them, or its constructor refuses ``kwargs``.
     """
+    build = _constructor(name, num_classes)
+    try:
+        return build(**kwargs)
+    except (TypeError, ValueError) as error:
+        reason = (str(error).splitlines() or [""])[0]  # one line: it ends up in an `error:` line
+        raise ValueError(
+            f"model: {name!r} (--model or the recipe's model) cannot be built with model_kwargs={kwargs}: "
+            f"{type(error).__name__}: {reason}"
+        ) from error
+
+
+def _constructor(name: str, num_classes: int) -> Callable[..., nn.Module]:
     if name in LOCAL_MODELS:
-        return LOCAL_MODELS[name](num_classes, **kwargs)
+        return functools.partial(LOCAL_MODELS[name], num_classes)
     if name in torchvision.models.list_models(module=torchvision.models):
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        return functools.partial(torchvision.models.get_model, name, weights=None, num_classes=num_classes)
     if importlib.util.find_spec("timm") is not None:
         import timm
 
         if timm.is_model(name):
-            return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+            return functools.partial(timm.create_model, name, pretrained=False, num_classes=num_classes)
     raise ValueError(
-        f"model: unknown name {name!r}; use {sorted(LOCAL_MODELS)}, a torchvision classification "
-        "model (e.g. resnet18, resnet50), or a timm model name with timm installed"
+        f"model: unknown name {name!r} (--model or the recipe's model); use {sorted(LOCAL_MODELS)}, a "
+        "torchvision classification model (e.g. resnet18, resnet50), or a timm model name with timm installed"
     )

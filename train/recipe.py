@@ -43,7 +43,8 @@ class Recipe:
             to the augmented phases' length when the refinement after them has its own ``lr``, as
             the paper refines its cosine-trained models (WideResNet with AutoAugment, Shake-Shake);
             every phase that starts from there on must then set ``lr``.
-        milestones: epochs where the step schedule divides the rate.
+        milestones: epochs where the step schedule divides the rate (an epoch listed twice divides
+            it twice).
         gamma: the step schedule's factor.
         warmup_epochs: linear warm-up from ``lr / 10`` (per batch).
         label_smoothing: applied to the targets when no batch operator makes them soft.
@@ -179,7 +180,9 @@ def with_epochs(recipe: Recipe, epochs: int) -> Recipe:
     lengths = [max(1, round(p.epochs * scale)) for p in recipe.phases]
     lengths[0] += epochs - sum(lengths)  # the rounding remainder goes to the first phase
     phases = [dataclasses.replace(p, epochs=n) for p, n in zip(recipe.phases, lengths, strict=True)]
-    milestones = tuple(sorted({min(epochs - 1, max(1, round(m * scale))) for m in recipe.milestones}))
+    # Milestones that land on one epoch stay apart: each divides the rate, so the last stage's
+    # rate is reached however short the run.
+    milestones = tuple(sorted(min(epochs - 1, max(1, round(m * scale))) for m in recipe.milestones))
     warmup = min(round(recipe.warmup_epochs * scale), epochs - 1)
     cosine = recipe.cosine_epochs
     if cosine is not None:

@@ -14,9 +14,10 @@ disarms. The soft targets returned by the call are mixed with the same λ, whate
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,12 +45,14 @@ class ManifoldHandle:
     Attributes:
         layers: the eligible layers, ``"input"`` and/or names from ``model.named_modules()``.
         armed: the params the next training forward applies, or None.
+        in_eval: whether eval-mode forwards mix too (inside ``mixing_in_eval()``).
     """
 
     def __init__(self, model: nn.Module, layers: tuple[str, ...]) -> None:
         self.model = model
         self.layers = layers
         self.armed: ManifoldParams | None = None
+        self.in_eval = False
         modules = dict(model.named_modules())
         # torch.compile runs the hooks outside its graphs: traced, their state (which layer, λ)
         # becomes guards, and the model recompiles step after step until dynamo gives up on it.
@@ -79,9 +82,26 @@ class ManifoldHandle:
     def __exit__(self, *exc_info: object) -> None:
         self.detach()
 
+    @contextlib.contextmanager
+    def mixing_in_eval(self) -> Iterator[ManifoldHandle]:
+        """Within the block, calls draw and arm and forwards mix as in training, in eval mode too.
+
+        For measuring the loss on mixed batches (``dalaug.measure_gap``): the hidden states are
+        mixed while BatchNorm and Dropout stay in eval mode.
+        """
+        self.in_eval = True
+        try:
+            yield self
+        finally:
+            self.in_eval, self.armed = False, None
+
+    def _mixes(self, module: nn.Module) -> bool:
+        """Whether a forward of ``module`` mixes (and a call arms): in training, or in ``mixing_in_eval``."""
+        return module.training or self.in_eval
+
     def _mix(self, name: str, module: nn.Module, args: tuple, output: object) -> Tensor | None:
         params = self.armed
-        if params is None or params.layer != name or not module.training:
+        if params is None or params.layer != name or not self._mixes(module):
             return None
         self.armed = None
         if not isinstance(output, Tensor) or not output.is_floating_point():
@@ -96,7 +116,7 @@ class ManifoldHandle:
         return torch.lerp(output, _partner_rows(output, params), 1.0 - params.lam)
 
     def _disarm(self, module: nn.Module, args: tuple, output: object) -> None:
-        if module.training:
+        if self._mixes(module):
             self.armed = None
 
 
@@ -108,8 +128,10 @@ class ManifoldMixup(Mixup):
     generator as ``Mixup``, with the same draws in the same order; it returns the mixed images when
     the layer is the input, otherwise the images unchanged with the hook of that layer armed for
     the model's next training forward, and always the mixed soft targets. The model mixes nothing
-    in eval mode, nor in forwards that no call armed (evaluation, the gap monitor). A call while the
-    model is in eval mode returns the images and soft targets unmixed, like a disabled operator.
+    in eval mode (evaluation), nor in forwards that no call armed. A call while the model is in
+    eval mode returns the images and soft targets unmixed, like a disabled operator; within
+    ``handle.mixing_in_eval()`` it mixes as in training, which ``dalaug.measure_gap`` uses for the
+    loss on mixed batches (He et al.'s Table 2 measures the gap of Manifold Mixup runs).
 
     At a hidden layer λ is rounded to a multiple of 1/256, so that λ and 1 - λ are exact in
     float16 and bfloat16 too (the hidden state's dtype under autocast is not known at the call).
@@ -198,7 +220,7 @@ class ManifoldMixup(Mixup):
             ``(images, soft_targets)``: the images mixed only if the layer drawn is the input.
         """
         handle = self._attached()
-        if not handle.model.training:
+        if not handle._mixes(handle.model):
             return self.passthrough(images, targets)
         return super().__call__(images, targets, generator=generator)
 
@@ -218,6 +240,10 @@ class ManifoldMixup(Mixup):
             raise ValueError(f"params: layer {params.layer!r} is not among the attached {handle.layers}")
         handle.armed = None if params.lam == 1.0 else params
         return images
+
+    def mixing_in_eval(self) -> contextlib.AbstractContextManager[ManifoldHandle]:
+        """The attached handle's ``mixing_in_eval()``: mix in eval mode too, within the block."""
+        return self._attached().mixing_in_eval()
 
     def _attached(self) -> ManifoldHandle:
         if self._handle is None or not self._handle.attached:
