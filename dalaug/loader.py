@@ -449,16 +449,22 @@ class Loader:
     def state_dict(self) -> dict:
         """Where the loader is: epoch, batch within it, the samples left out, DALI's checkpoint and
         the operators' generator. Call it between batches; the result holds only numbers, strings,
-        bytes, lists, dicts and tensors (``torch.load(weights_only=True)`` reads it).
+        bytes, lists, dicts and tensors (``torch.load(weights_only=True)`` reads it). Taken after a
+        ``break`` or a ``set_epoch`` jump, it drops the batches DALI drew ahead for the positions
+        left (the next batch starts a new pipeline), so that a resumed run gets the same pixels.
 
         Example:
             >>> dalaug.checkpoint.save({"loader": loader.state_dict()}, "ckpt.pt")  # doctest: +SKIP
         """
         dali = None
-        # DALI's checkpoint is of the batches taken out so far: it fits when nothing stale is in
-        # flight (after a jump the next batches come from a fresh random state instead).
-        if self._pipeline is not None and not any(entry.stale for entry in self.reader.issued):
-            if not self.reader.issued or self.reader.issued[0].position == (self.epoch, self.iteration):
+        if self._pipeline is not None:
+            issued, position = self.reader.issued, (self.epoch, self.iteration)
+            if any(entry.stale for entry in issued) or issued and issued[0].position != position:
+                # After a jump (a break, set_epoch) the batches in flight were drawn for positions the
+                # loop left, which a resumed run cannot replay. This run drops them too: both go on
+                # from a fresh pipeline with the same seed (the generation saved below).
+                self.close()
+            else:  # DALI's checkpoint is of the batches taken out so far: the next ones follow it
                 dali = self._pipeline.checkpoints()[0]
         return {
             "version": STATE_VERSION,
