@@ -88,6 +88,8 @@ def create_loader(
         "grayscale_prob": grayscale_prob, "gaussian_blur_prob": gaussian_blur_prob,
         "num_aug_repeats": num_aug_repeats, "num_aug_splits": num_aug_splits,
         "crop_border_pixels": crop_border_pixels, "tf_preprocessing": tf_preprocessing,
+        # How timm seeds its worker processes: dalaug's augmentation follows `seed` per rank instead.
+        "worker_seeding": worker_seeding,
         **{name: value for name, value in schedules.items() if value is not None},
     }  # fmt: skip
     for name, value in unsupported.items():

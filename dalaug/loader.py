@@ -23,6 +23,7 @@ A run resumes mid-epoch from ``loader.state_dict()``: the position, the samples 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -152,6 +153,9 @@ class Loader:
         for name, advice in UNSUPPORTED.items():
             if name in options:
                 raise TypeError(f"{name}: not a dalaug.Loader argument; {advice}")
+        known = {field.name for field in dataclasses.fields(LoaderConfig)}
+        for name in options.keys() - known:
+            raise TypeError(f"{name}: not a dalaug.Loader argument (help(dalaug.Loader) lists them)")
         if train is None:
             if shuffle is None:
                 raise ValueError(

@@ -41,7 +41,9 @@ class Samples:
         return len(self.paths)
 
     def name(self, index: int) -> str:
-        """The sample as a user would look for it: the file, or ``shard.tar:member``."""
+        """The sample as a user would look for it: the file, or ``shard.tar@offset``, the shard and
+        the byte where the member's data starts (``tar -tvR`` lists each member's header block N:
+        its data starts at byte 512 * (N + 1))."""
         if self.offsets[index] < 0:
             return self.paths[index]
         return f"{self.paths[index]}@{self.offsets[index]}"

@@ -62,6 +62,7 @@ def test_the_eval_resize_is_timms(photo_folder, crop_pct):
         ({"input_size": (3, 32, 48)}, "input_size"),
         ({"collate_fn": lambda batch: batch}, "collate_fn"),
         ({"interpolation": "random"}, "interpolation"),
+        ({"worker_seeding": "part"}, "worker_seeding"),
     ],
 )
 def test_what_dalaug_cannot_do_is_refused_by_name(photo_folder, kwargs, name):

@@ -48,7 +48,7 @@ def test_the_repr_shows_what_the_loader_does(photo_folder):
     assert "train=True" in repr(mixing) and repr(mixing).endswith(f"operators=[{dalaug.Mixup(0.2)!r}])")
 
 
-@pytest.mark.parametrize("name", ["collate_fn", "sampler", "batch_sampler", "worker_init_fn"])
+@pytest.mark.parametrize("name", ["collate_fn", "sampler", "batch_sampler", "worker_init_fn", "cropsize"])
 def test_dataloader_arguments_without_a_meaning_here_say_what_to_use(photo_folder, name):
     with pytest.raises(TypeError, match=f"{name}: not a dalaug.Loader argument"):
         dalaug.Loader(photo_folder, 8, train=True, device="cpu", **{name: None})
