@@ -463,6 +463,8 @@ class Loader:
         dali = None
         if self._pipeline is not None:
             issued, position = self.reader.issued, (self.epoch, self.iteration)
+            if self.iteration >= len(self):  # after an epoch's last batch the stream goes on
+                position = (self.epoch + 1, 0)
             if any(entry.stale for entry in issued) or issued and issued[0].position != position:
                 # After a jump (a break, set_epoch) the batches in flight were drawn for positions the
                 # loop left, which a resumed run cannot replay. This run drops them too: both go on
