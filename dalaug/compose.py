@@ -8,13 +8,13 @@ host, so nothing waits for the device); any other callable ``op(images, soft)`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from dalaug.ops import BatchOp, soft_targets
+from dalaug.ops import BatchOp, RandomChoice, soft_targets
 
 
 def apply_operators(
@@ -49,3 +49,12 @@ def run_operators(
         else:
             images, targets = op(images, targets)
     return images, targets
+
+
+def leaf_operators(operators: Iterable[Callable[..., Any]]) -> Iterator[Callable[..., Any]]:
+    """Every operator in ``operators``, a ``RandomChoice`` followed by each of its choices (for
+    what needs each one: a Manifold Mixup to attach to the model, a class count to check)."""
+    for op in operators:
+        yield op
+        if isinstance(op, RandomChoice):
+            yield from leaf_operators(op.ops)

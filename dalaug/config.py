@@ -109,6 +109,7 @@ class LoaderConfig:
         unknown = set(changes) - set(fields)
         if unknown:
             raise TypeError(f"unknown loader option(s): {sorted(unknown)}")
+        check_used(changes.get("train", self.train), changes)
         if changes.get("train", self.train) != self.train:
             # A loader of the other kind, as its constructor makes one: shuffle and drop_last
             # follow train, and the options of the kind left behind go back to their defaults.
@@ -147,6 +148,21 @@ class LoaderConfig:
         if self.num_threads is not None:
             return self.num_threads
         return max(1, len(os.sched_getaffinity(0)) // max(1, local_world_size))
+
+
+def check_used(train: bool, options: dict) -> None:
+    """Refuse an option the loader would not use: a training loader random-crops the image as it
+    is (no resize first); an evaluation loader resizes and centre-crops (no random crop, no flip)."""
+    if train and options.get("resize") is not None:
+        raise ValueError("resize: sets an evaluation loader's shorter side (train=False); a training loader "
+                         "random-crops the image as it is (scale, ratio)")  # fmt: skip
+    if not train:
+        for name in ("scale", "ratio"):
+            if name in options:
+                raise ValueError(f"{name}: sets a training loader's random crop (train=True); an evaluation "
+                                 "loader resizes and centre-crops (resize)")  # fmt: skip
+        if options.get("flip"):
+            raise ValueError("flip: an evaluation loader (train=False) never flips")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dalaug.compose import run_operators
+from dalaug.compose import apply_operators, leaf_operators
 from dalaug.ops.manifold import ManifoldMixup
 
 
@@ -122,7 +122,7 @@ def measure_gap(
     was_training = model.training
     model.eval()
     # Manifold Mixup mixes inside the model's forward, which it skips in eval mode unless told.
-    manifold = [op for op in operators if isinstance(op, ManifoldMixup)]
+    manifold = [op for op in leaf_operators(operators) if isinstance(op, ManifoldMixup)]
     clean_sum = augmented_sum = None
     samples = 0
     try:
@@ -132,17 +132,20 @@ def measure_gap(
             others = iter(augmented) if augmented is not None else None
             for index, (images, targets) in enumerate(clean):
                 images, targets = _to(images, device), _to(targets, device)
-                if others is None:
-                    aug_images, aug_targets = images, targets
+                if others is None:  # a copy: an in-place operator must not write into the caller's batch
+                    aug_images, aug_targets = images.clone(), targets
                 else:
                     aug_images, aug_targets = _matching(index, targets, others, clean, augmented)
                     aug_images, aug_targets = _to(aug_images, device), _to(aug_targets, device)
                 # The clean forward first: a Manifold Mixup call arms the model's next forward.
                 logits = model(images)
-                aug_images, aug_targets = run_operators(operators, aug_images, aug_targets, generator)
-                # Unchanged images (no operator applied): the same logits, not a second forward
-                # pass, whose rounding may differ (oneDNN picks kernels by buffer alignment).
-                unchanged = aug_images is images and not manifold
+                # As the Loader hands them over: soft targets, then each operator in turn.
+                aug_images, aug_targets = apply_operators(
+                    operators, aug_images, aug_targets, num_classes=logits.shape[1], generator=generator
+                )
+                # Unchanged images (no operator changed a pixel): the same logits, not a second
+                # forward pass, whose rounding may differ (oneDNN picks kernels by buffer alignment).
+                unchanged = others is None and not manifold and torch.equal(aug_images, images)
                 aug_logits = logits if unchanged else model(aug_images)
                 # Sums stay on the device; one read at the end instead of a sync per batch.
                 clean_loss = _loss_sum(logits, targets)
@@ -172,6 +175,11 @@ def _matching(index: int, targets: Tensor, others, clean, augmented) -> tuple[Te
         aug_images, aug_targets = next(others)
     except StopIteration:
         raise ValueError(f"augmented: ran out after {index} batches; give both the same samples") from None
+    if aug_targets.shape != targets.shape:
+        raise ValueError(
+            f"augmented: batch {index} has targets shaped {tuple(aug_targets.shape)}, the clean one "
+            f"{tuple(targets.shape)}; give both class indices (or both soft targets)"
+        )
     ids, aug_ids = getattr(clean, "sample_ids", None), getattr(augmented, "sample_ids", None)
     same_ids = ids is None or aug_ids is None or torch.equal(ids, aug_ids)
     same_labels = aug_targets.shape == targets.shape and torch.equal(aug_targets.to(targets.device), targets)

@@ -38,7 +38,7 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from dalaug.compose import apply_operators
-from dalaug.config import IMAGENET_MEAN, IMAGENET_STD, LoaderConfig
+from dalaug.config import IMAGENET_MEAN, IMAGENET_STD, LoaderConfig, check_used
 from dalaug.feed import EpochFeed, Sharding
 from dalaug.graphs import build_pipeline
 from dalaug.ops import BatchOp
@@ -153,9 +153,9 @@ class Loader:
         for name, advice in UNSUPPORTED.items():
             if name in options:
                 raise TypeError(f"{name}: not a dalaug.Loader argument; {advice}")
-        known = {field.name for field in dataclasses.fields(LoaderConfig)}
-        for name in options.keys() - known:
-            raise TypeError(f"{name}: not a dalaug.Loader argument (help(dalaug.Loader) lists them)")
+        unknown = sorted(options.keys() - {field.name for field in dataclasses.fields(LoaderConfig)})
+        if unknown:
+            raise TypeError(f"{', '.join(unknown)}: not a dalaug.Loader argument (see help(dalaug.Loader))")
         if train is None:
             if shuffle is None:
                 raise ValueError(
@@ -163,8 +163,8 @@ class Loader:
                     "partial batch) or train=False (resize + centre crop, every sample once)"
                 )
             train = shuffle
-        options = _our_names(options, num_workers=num_workers, prefetch_factor=prefetch_factor)
-        _check_used(train, options)
+        options = _with_dataloader_names(options, num_workers=num_workers, prefetch_factor=prefetch_factor)
+        check_used(train, options)
         config = LoaderConfig(
             batch_size=batch_size,
             train=train,
@@ -437,9 +437,10 @@ class Loader:
             >>> clean = loader.with_options(policy=None)  # doctest: +SKIP
         """
         operators = changes.pop("operators", self.operators)
+        for name in ("pin_memory", "persistent_workers"):  # accepted, as by the constructor
+            changes.pop(name, None)
         aliases = {name: changes.pop(name, None) for name in ("num_workers", "prefetch_factor")}
-        changes = _our_names(changes, **aliases)
-        _check_used(changes.get("train", self.config.train), changes)
+        changes = _with_dataloader_names(changes, **aliases)
         return self.with_config(self.config.replace(**changes), operators)
 
     def with_config(self, config: LoaderConfig, operators: Sequence[BatchOp] | None = None) -> Loader:
@@ -548,7 +549,7 @@ class Loader:
         return f"Loader({self.num_samples} samples, {self.config}{operators})"
 
 
-def _our_names(options: dict, num_workers: int | None, prefetch_factor: int | None) -> dict:
+def _with_dataloader_names(options: dict, num_workers: int | None, prefetch_factor: int | None) -> dict:
     """``options`` with DataLoader's ``num_workers`` and ``prefetch_factor`` under dalaug's names."""
     options = dict(options)
     for name, alias, value in (("num_threads", "num_workers", num_workers),
@@ -559,21 +560,6 @@ def _our_names(options: dict, num_workers: int | None, prefetch_factor: int | No
             # num_workers=0 (DataLoader: load in the main process) means the default threads here.
             options[name] = value if value or name != "num_threads" else None
     return options
-
-
-def _check_used(train: bool, options: dict) -> None:
-    """Refuse an option the loader would not use: a training loader random-crops the image as it
-    is (no resize first); an evaluation loader resizes and centre-crops (no random crop, no flip)."""
-    if train and options.get("resize") is not None:
-        raise ValueError("resize: sets an evaluation loader's shorter side (train=False); a training loader "
-                         "random-crops the image as it is (scale, ratio)")  # fmt: skip
-    if not train:
-        for name in ("scale", "ratio"):
-            if name in options:
-                raise ValueError(f"{name}: sets a training loader's random crop (train=True); an evaluation "
-                                 "loader resizes and centre-crops (resize)")  # fmt: skip
-        if options.get("flip"):
-            raise ValueError("flip: an evaluation loader (train=False) never flips")
 
 
 def _check_operators(operators) -> list[BatchOp]:

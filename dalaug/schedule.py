@@ -99,6 +99,11 @@ class Fade:
         return faded
 
 
+def unfaded(op: Operator | Fade) -> Operator:
+    """The operator itself: a :class:`Fade`'s operator, or ``op``."""
+    return op.op if isinstance(op, Fade) else op
+
+
 @dataclasses.dataclass(frozen=True)
 class Phase:
     """A stretch of training with one loader policy and one list of batch operators.
@@ -581,7 +586,7 @@ class PhasedLoader:
         self.soft = any(phase.operators for phase in schedule.phases)
         self.generator = self.loader.generator  # the operators' draws, saved with the loader state
         self._operators: list[Operator] = []  # those of the epoch being served
-        self._serving = False
+        self._serving: object | None = None  # the token of the iterator serving now, if any
 
     def __iter__(self):
         epoch = self.schedule.epoch
@@ -590,7 +595,7 @@ class PhasedLoader:
         self.loader = self.schedule.loader_at(epoch)
         self._operators = self.schedule.operators_at(epoch)
         self.schedule.epoch = epoch + 1
-        self._serving = True
+        token = self._serving = object()
         try:
             for images, targets in self.loader:
                 if self.soft:
@@ -600,7 +605,8 @@ class PhasedLoader:
                     )  # fmt: skip
                 yield images, targets
         finally:
-            self._serving = False
+            if self._serving is token:  # an older iterator ending late leaves a newer one be
+                self._serving = None
 
     def __len__(self) -> int:
         """Batches in the epoch being served or, between epochs, in the next one (a phase may
@@ -619,28 +625,27 @@ class PhasedLoader:
     @property
     def mixup_enabled(self) -> bool:
         """Whether any phase's operators mix (timm's name for the switch)."""
-        return any(op.mixup_enabled for op in self._switchable())
+        return any(getattr(op, "mixup_enabled", True) for op in self._every_operator())
 
     @mixup_enabled.setter
     def mixup_enabled(self, value: bool) -> None:
         """Turn every phase's operators off (timm's ``--mixup-off-epoch``) or on, at once."""
-        for op in self._switchable():
-            op.mixup_enabled = value
-
-    def _switchable(self) -> list[Operator]:
-        """Every phase's operators and this epoch's (a faded one is a copy): each with the switch."""
-        given = [op for phase in self.schedule.phases for op in phase.operators]
-        operators = [op.op if isinstance(op, Fade) else op for op in given] + self._operators
+        operators = self._every_operator()
         if not operators:
             raise AttributeError("mixup_enabled: no phase of this schedule has operators to turn on or off")
         for op in operators:
             if not hasattr(op, "mixup_enabled"):
                 raise AttributeError(f"mixup_enabled: operator {op!r} has no on/off switch (mixup_enabled)")
-        return operators
+        for op in operators:
+            op.mixup_enabled = value
+
+    def _every_operator(self) -> list[Operator]:
+        """Every phase's operators and this epoch's (a faded one is a copy of its phase's)."""
+        return [unfaded(op) for phase in self.schedule.phases for op in phase.operators] + self._operators
 
     def _config(self) -> LoaderConfig:
         """The configuration of the epoch being served or, between epochs, of the next one."""
-        if self._serving or self.schedule.epoch >= self.schedule.epochs:
+        if self._serving is not None or self.schedule.epoch >= self.schedule.epochs:
             return self.loader.config
         return self.schedule.config_at(self.schedule.epoch)
 

@@ -192,6 +192,25 @@ def test_a_schedule_as_a_loader_tells_each_epochs_length_and_obeys_the_mixup_swi
         assert mixed == [True, False, False]
 
 
+def test_a_schedule_as_a_loader_keeps_telling_the_epoch_being_served_when_a_kept_peek_ends(photo_folder):
+    template = dalaug.Loader(photo_folder, 4, train=True, crop=CROP, device="cpu")
+    phases = [dalaug.Phase(1), dalaug.Phase(1, options={"batch_size": 6}), dalaug.Phase(1)]
+    with dalaug.Schedule(phases, template) as schedule:
+        train_loader = schedule.as_loader()
+        assert not train_loader.mixup_enabled  # no operators: nothing mixes
+        with pytest.raises(AttributeError, match="mixup_enabled: no phase"):
+            train_loader.mixup_enabled = False
+        peek = iter(train_loader)
+        next(peek)  # epoch 0, kept
+        served = 0
+        for _ in train_loader:  # epoch 1, batches of 6
+            if served == 0:
+                del peek  # the peek's end comes now: epoch 1 is still being served
+            assert (len(train_loader), train_loader.batch_size) == (10, 6)
+            served += 1
+        assert served == 10 and (len(train_loader), train_loader.batch_size) == (15, 4)
+
+
 def test_a_schedules_template_may_not_bring_operators_of_its_own(photo_folder):
     template = dalaug.Loader(photo_folder, 4, train=True, crop=CROP, device="cpu",
                              operators=[dalaug.Mixup(alpha=1.0, num_classes=3)])  # fmt: skip

@@ -172,3 +172,44 @@ def test_manifold_mixup_mixes_the_hidden_states_of_the_augmented_pass_with_batch
         model.eval()
         images, targets = toy_batches()[0]
         assert op(images, targets)[0] is images and handle.armed is None
+
+
+def test_an_in_place_operator_measures_alike_and_leaves_the_callers_batches_alone(trained):
+    batches = toy_batches(seed=1)
+    kept = [(images.clone(), targets.clone()) for images, targets in batches]
+    copying = measure_gap(trained, batches, [Mixup(alpha=1.0, num_classes=CLASSES)])
+    in_place = measure_gap(trained, batches, [Mixup(alpha=1.0, num_classes=CLASSES, inplace=True)])
+    assert in_place == copying  # the same seed: the same λ, the same losses
+    assert all(torch.equal(a, b) and torch.equal(y, z) for (a, y), (b, z) in zip(batches, kept, strict=True))
+
+
+def test_any_callable_gets_soft_targets_as_in_the_loader(trained):
+    seen = []
+
+    def darken(images, targets):  # a plain callable, as Loader(operators=[...]) calls it
+        seen.append(targets.shape)
+        return images * 0.5, targets
+
+    gap = measure_gap(trained, toy_batches(seed=1), [darken])
+    assert seen and all(shape == (16, CLASSES) for shape in seen) and gap.augmented > gap.clean
+
+
+def test_a_manifold_mixup_among_random_choices_mixes_the_hidden_states_too(trained):
+    from dalaug.ops import ManifoldMixup, RandomChoice
+
+    model = copy.deepcopy(trained)
+    op = ManifoldMixup(alpha=1.0, num_classes=CLASSES, layers=["2"])
+    hidden = []  # what layer 2 hands on, clean forward then augmented forward
+    model[3].register_forward_pre_hook(lambda module, args: hidden.append(args[0].clone()))
+    with op.attach(model) as handle:
+        gap = measure_gap(model, toy_batches()[:1], [RandomChoice([op])])
+        assert handle.armed is None  # nothing left for the next training forward
+    clean, augmented = hidden
+    assert not torch.equal(clean, augmented) and gap.augmented > gap.clean  # mixed, labels and states
+
+
+def test_augmented_batches_with_other_kinds_of_targets_are_named(trained):
+    clean = toy_batches(seed=1)
+    soft = [(images, dalaug.soft_targets(targets, CLASSES)) for images, targets in clean]
+    with pytest.raises(ValueError, match=r"augmented: batch 0 has targets shaped \(16, 4\)"):
+        measure_gap(trained, clean, augmented=soft)

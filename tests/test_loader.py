@@ -153,7 +153,7 @@ def test_with_options_to_the_other_kind_of_loader_is_what_its_constructor_makes(
     made = dalaug.Loader(photo_folder, 8, train=False, crop=CROP, device="cpu", num_workers=1)
     assert heavy.with_options(train=False).config == made.config  # in order, every sample, no policy
     assert made.with_options(train=True, policy="autoaugment", scale=(0.5, 1.0)).config == heavy.config
-    assert heavy.with_options(num_workers=2, prefetch_factor=3).config.num_threads == 2  # DataLoader names
+    assert heavy.with_options(num_workers=2, prefetch_factor=3, pin_memory=True).config.num_threads == 2
     with pytest.raises(ValueError, match="resize: .*evaluation loader"):
         heavy.with_options(resize=64)
 

@@ -339,6 +339,8 @@ def test_phase_options_are_checked_when_the_schedule_is_built(photo_folder):
         Schedule([Phase(1), Phase(1, options={"flp": False})], template)
     with pytest.raises(ValueError, match=r"phases\[1\].options: crop: expected a positive int"):
         Schedule([Phase(1), Phase(1, options={"crop": 0})], template)
+    with pytest.raises(ValueError, match=r"phases\[1\].options: resize: sets an evaluation loader"):
+        Schedule([Phase(1), Phase(1, options={"resize": 64})], template)  # a training loader would ignore it
 
 
 def test_host_memory_does_not_grow_across_swaps(photo_folder):

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe)
         overrides = {"data": args.data, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
         recipe = recipe.replace(**{k: v for k, v in overrides.items() if v is not None})
-        if args.model is not None:
+        if args.model is not None and args.model != recipe.model:  # its kwargs fit the recipe's model only
             recipe = recipe.replace(model=args.model, model_kwargs={})
         if args.epochs is not None:
             recipe = with_epochs(recipe, args.epochs)

@@ -26,9 +26,10 @@ from tqdm import tqdm
 
 import dalaug
 from dalaug import checkpoint
-from dalaug.compose import apply_operators
+from dalaug.compose import apply_operators, leaf_operators
 from dalaug.config import resolve_device
 from dalaug.ops import ManifoldMixup
+from dalaug.schedule import unfaded
 from train.models import create_model
 from train.recipe import Recipe
 
@@ -121,7 +122,7 @@ class Trainer:
         self.classes = train_loader.classes
         self.num_classes = len(self.classes)
         _check_classes(train_dir, self.classes, eval_dir, self.eval_loader.classes)
-        operators = list(_leaf_operators(op for phase in recipe.phases for op in phase.operators))
+        operators = list(leaf_operators(unfaded(op) for phase in recipe.phases for op in phase.operators))
         _check_num_classes(operators, self.num_classes, train_dir, recipe.data)
         self.schedule = dalaug.Schedule(recipe.phases, train_loader)
         self.gap_batches = self._gap_batches(train_loader)
@@ -140,7 +141,7 @@ class Trainer:
         )  # fmt: skip
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
         # Operators draw their parameters on the host from this generator only: it is in the checkpoint.
-        self.generator = torch.Generator().manual_seed(recipe.seed * 1009 + self.rank)
+        self.generator = torch.Generator().manual_seed((recipe.seed * 1009 + self.rank) % 2**64)
         self.history: list[dict] = []
         self.start_epoch = 0
         # What config.json records and a resume must match: the settings as this run uses them.
@@ -172,7 +173,7 @@ class Trainer:
         order = np.random.default_rng(self.recipe.seed).permutation(len(samples))
         subset = samples.without(order[self.recipe.gap_samples :])
         heavy = max(self.recipe.phases, key=lambda p: (p.policy is not None, len(p.operators)))
-        self.gap_operators = [getattr(op, "op", op) for op in heavy.operators]  # unwrap Fades
+        self.gap_operators = [unfaded(op) for op in heavy.operators]
         batch = min(self.recipe.batch_size, len(subset))
         taken = []
         for policy in (None, heavy.policy):
@@ -347,14 +348,6 @@ def _format(record: dict) -> str:
             value = record[key]
             parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
     return " ".join(parts)
-
-
-def _leaf_operators(operators):
-    """The operators themselves: Fades' operators and RandomChoice's choices, unwrapped."""
-    for op in operators:
-        op = getattr(op, "op", op)
-        yield op
-        yield from _leaf_operators(getattr(op, "ops", ()))
 
 
 def _check_classes(train_dir: Path, train: list[str], eval_dir: Path, evaluation: list[str]) -> None:
