@@ -56,12 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from dalaug.verification import DEFAULT_REPORT, verify
+    from dalaug.verification import DEFAULT_REPORT, check_report_path, verify
 
     if args.workers is not None and args.workers <= 0:
         print(f"dalaug verify: --workers: expected a positive int, got {args.workers}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        report_path = check_report_path(args.report or DEFAULT_REPORT)  # before hours of decoding
         report = verify(args.path, workers=args.workers, progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as error:
         print(f"dalaug verify: {error}", file=sys.stderr)
@@ -70,7 +71,11 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"FAIL {name}: {reason}")
     for name, note in sorted(report.notes.items()):
         print(f"NOTE {name}: {note}")
-    written = report.write(args.report or DEFAULT_REPORT)
+    try:
+        written = report.write(report_path)
+    except (OSError, ValueError) as error:  # the folder went away, or the disk filled, meanwhile
+        print(f"dalaug verify: cannot write the report: {error}", file=sys.stderr)
+        return EXIT_USAGE
     print(
         f"{len(report.failures)} of {report.num_samples} samples fail to decode "
         f"({report.seconds:.1f} s); report: {written}"

@@ -121,7 +121,9 @@ def _read_split(files: list[Path], labels_key: str, num_classes: int) -> _Split:
         if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape[1:] == (3072,)):
             raise ValueError(f"{str(path)!r}: 'data' must be uint8 (N, 3072), got {_describe(data)}")
         if targets is None or targets.shape != (len(data),):
-            raise ValueError(f"{str(path)!r}: {labels_key!r} must be a list of {len(data)} class indices")
+            raise ValueError(
+                f"{str(path)!r}: {labels_key!r} must be a list of {len(data)} integer class indices"
+            )
         if len(targets) and not (0 <= targets.min() and targets.max() < num_classes):
             raise ValueError(f"{str(path)!r}: labels outside [0, {num_classes})")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # channel-major -> HWC
@@ -207,10 +209,15 @@ def _add_member(tar: tarfile.TarFile, name: str, content: bytes) -> None:
 
 
 def _int_array(values: object) -> np.ndarray | None:
+    """``values`` as int64, or None unless they are all integers: a cast would truncate 3.7 to a
+    wrong label where the batch is corrupt."""
     try:
-        return np.asarray(values, dtype=np.int64)
+        array = np.asarray(values)
     except (TypeError, ValueError):
         return None
+    if array.size and array.dtype.kind not in "iu":  # an empty list reads as float64
+        return None
+    return array.astype(np.int64)
 
 
 def _describe(value: object) -> str:

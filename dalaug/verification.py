@@ -141,11 +141,32 @@ class VerifyReport:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the report as JSON (atomically: a reader never sees half a report)."""
-        path = Path(path)
+        path = check_report_path(path)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(temporary, path)
+        try:
+            temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+            os.replace(temporary, path)
+        except OSError:
+            temporary.unlink(missing_ok=True)  # a failed write (disk full) leaves nothing behind
+            raise
         return path
+
+
+def check_report_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if a report can be written there, else raise ValueError naming it.
+
+    ``dalaug verify`` checks before it decodes: a data set can take hours, and a report path that
+    was mistyped should not cost them.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"report: {path} is a directory; name a file, e.g. {path / DEFAULT_REPORT}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(f"report: cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"report: cannot write {path}: folder {folder} is not writable")
+    return path
 
 
 def verify(

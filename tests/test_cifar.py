@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,11 @@ def test_a_missing_batch_file_is_named_and_leaves_nothing_behind(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["download"]
 
 
+def _with_labels(labels) -> Callable[[Path], None]:
+    """Damage: rewrite a batch file with ``labels`` for as many black images."""
+    return lambda path: dump(path, {b"data": np.zeros((len(labels), 3072), np.uint8), b"labels": labels}, 2)
+
+
 @pytest.mark.parametrize(
     ("damage", "match"),
     [
@@ -139,9 +145,15 @@ def test_a_missing_batch_file_is_named_and_leaves_nothing_behind(tmp_path):
         (lambda path: dump(path, {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, 2), "3072"),
         (lambda path: dump(path, {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, 2), "labels"),
         (lambda path: dump(path, {b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}, 2), "outside"),
+        (_with_labels([1.7, 2.0]), "integer class indices"),  # not truncated into labels 1 and 2
+        (_with_labels(np.ones(1)), "integer class indices"),
+        (_with_labels([True]), "integer class indices"),
         (lambda path: path.write_bytes(pickle.dumps(os.system)), "refusing to load"),  # a code-running pickle
     ],
-    ids=["truncated", "garbage", "wrong-shape", "label-count", "label-range", "foreign-global"],
+    ids=[
+        "truncated", "garbage", "wrong-shape", "label-count", "label-range",
+        "float-labels", "float-array-labels", "bool-labels", "foreign-global",
+    ],  # fmt: skip
 )
 def test_a_corrupt_batch_file_is_named_and_leaves_nothing_behind(tmp_path, damage, match):
     folder = write_cifar10(tmp_path / "download")

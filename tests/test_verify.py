@@ -119,6 +119,17 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
     assert "--workers" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["missing folder", "directory"])
+def test_cli_refuses_an_unwritable_report_before_decoding(faulty_folder, tmp_path, capsys, where):
+    report = tmp_path / "missing" / "r.json" if where == "missing folder" else tmp_path
+    assert main(["verify", str(faulty_folder), "--report", str(report), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing decoded, so no FAIL lines
+    assert captured.err.startswith("dalaug verify: report: ") and captured.err.count("\n") == 1
+    assert str(report) in captured.err
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
 def test_console_script_runs(faulty_folder, tmp_path):
     script = os.path.join(os.path.dirname(sys.executable), "dalaug")
     result = subprocess.run(

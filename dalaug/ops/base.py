@@ -23,7 +23,7 @@ import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -59,13 +59,31 @@ def check_positive(name: str, value: object) -> float:
     return value
 
 
+def check_int(name: str, value: object) -> int:
+    """Return ``value`` as an int, or raise TypeError naming ``name``.
+
+    Any integer type (numpy's too, as read from a config or an array), but not a bool: True is
+    no count, and a bool where an int belongs is a mistake in the call.
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
 def check_count(name: str, value: object, minimum: int = 1) -> int:
     """Return ``value`` as an int >= ``minimum``, or raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = check_int(name, value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` as a bool, or raise TypeError naming ``name``: no truthiness, so that
+    ``"no"`` or ``0.0`` is refused rather than read as True or False."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
 
 
 def check_range(name: str, value: object, low: float, high: float) -> tuple[float, float]:
@@ -259,11 +277,19 @@ class BatchOp(ABC):
     """
 
     def __init__(self, *, seed: int | None = None) -> None:
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        self.seed = seed
+        self.seed = None if seed is None else check_int("seed", seed)
         self.enabled = True
-        self._generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self._generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+
+    @property
+    def active(self) -> bool:
+        """Whether a call samples and applies now; when False it returns ``passthrough``.
+
+        False when ``enabled`` is; subclasses add their own reasons (``p`` = 0, a ManifoldMixup
+        whose model is in eval mode). ``RandomChoice`` asks its picked operator, so an operator
+        behaves the same whether it is called alone or chosen.
+        """
+        return self.enabled
 
     @property
     def mixup_enabled(self) -> bool:
@@ -272,7 +298,7 @@ class BatchOp(ABC):
 
     @mixup_enabled.setter
     def mixup_enabled(self, value: bool) -> None:
-        self.enabled = bool(value)
+        self.enabled = check_bool("mixup_enabled", value)
 
     def generator_for(self, generator: torch.Generator | None = None) -> torch.Generator | None:
         """The CPU generator to draw from: ``generator`` if given, else the operator's own."""
@@ -294,8 +320,18 @@ class BatchOp(ABC):
     def __call__(
         self, images: Tensor, targets: Tensor, *, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Sample parameters for this batch and apply them; see ``sample`` and ``apply``."""
-        if not self.enabled:
+        """Sample parameters for this batch and apply them (``passthrough`` when not ``active``).
+
+        Args:
+            images: float tensor (N, C, H, W) on any device.
+            targets: int class indices (N,) or float soft targets (N, C) on the same device.
+            generator: optional CPU ``torch.Generator`` (e.g. the training loop's, whose state a
+                checkpoint saves).
+
+        Returns:
+            ``(images, soft_targets)``, soft targets of shape (N, C).
+        """
+        if not self.active:
             return self.passthrough(images, targets)
         return self.apply(images, targets, self.sample(images, generator))
 
@@ -343,9 +379,7 @@ class Augmentation(BatchOp):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {smoothing}")
         self.label_smoothing = smoothing
-        if not isinstance(inplace, bool):
-            raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
-        self.inplace = inplace
+        self.inplace = check_bool("inplace", inplace)
 
     def sample(self, images: Tensor, generator: torch.Generator | None = None) -> Params:
         """Draw this batch's parameters on the host; per-sample ones land on the images' device.
@@ -381,23 +415,10 @@ class Augmentation(BatchOp):
         """The images unchanged and their soft targets: what a call returns when disabled."""
         return check_images(images), self._soft_targets(images, targets)
 
-    def __call__(
-        self, images: Tensor, targets: Tensor, *, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Sample parameters for this batch and apply them.
-
-        Args:
-            images: float tensor (N, C, H, W) on any device.
-            targets: int class indices (N,) or float soft targets (N, C) on the same device.
-            generator: optional CPU ``torch.Generator`` (e.g. the training loop's, whose state a
-                checkpoint saves).
-
-        Returns:
-            ``(images, soft_targets)``, soft targets of shape (N, C).
-        """
-        if self.p == 0.0:
-            return self.passthrough(images, targets)
-        return super().__call__(images, targets, generator=generator)
+    @property
+    def active(self) -> bool:
+        """``enabled`` and ``p`` > 0: p = 0 skips the work altogether."""
+        return super().active and self.p > 0.0
 
     def _soft_targets(self, images: Tensor, targets: Tensor) -> Tensor:
         return _converted(targets, self.num_classes, self._check(images, targets))
@@ -427,7 +448,8 @@ class Augmentation(BatchOp):
 
 @dataclasses.dataclass(frozen=True)
 class ChoiceParams(Params):
-    """Which operator ``RandomChoice`` picked (a host int) and that operator's params."""
+    """Which operator ``RandomChoice`` picked (a host int) and that operator's params: None when
+    it was not ``active`` (disabled, p = 0, ...) at the pick, and then the batch passes through."""
 
     index: int
     params: Any
@@ -447,7 +469,9 @@ class RandomChoice(BatchOp):
             own generator (its seed, or torch's default CPU generator).
 
     When disabled (``enabled``/``mixup_enabled`` False) a call returns the images unchanged and
-    the soft targets of the first operator.
+    the soft targets of the first operator. A picked operator that is not ``active`` (disabled
+    itself, p = 0, a ManifoldMixup in eval mode) draws nothing and passes the batch through, as
+    its own call would.
 
     Example:
         >>> from dalaug.ops import CutMix, Mixup, RandomChoice
@@ -491,11 +515,15 @@ class RandomChoice(BatchOp):
         uniform = host_rng(self.generator_for(generator)).random()
         # searchsorted on the cumulative weights; min() guards against their sum rounding below 1.
         index = min(int(np.searchsorted(self._cumulative, uniform, side="right")), len(self.ops) - 1)
-        return ChoiceParams(index, self.ops[index].sample(images, generator))
+        op = self.ops[index]
+        return ChoiceParams(index, op.sample(images, generator) if op.active else None)
 
     def apply(self, images: Tensor, targets: Tensor, params: ChoiceParams) -> tuple[Tensor, Tensor]:
         """Apply the picked operator with its params; returns (images, soft targets (N, C))."""
-        return self.ops[params.index].apply(images, targets, params.params)
+        op = self.ops[params.index]
+        if params.params is None:
+            return op.passthrough(images, targets)
+        return op.apply(images, targets, params.params)
 
     def passthrough(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """The images unchanged and the first operator's soft targets."""

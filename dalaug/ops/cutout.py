@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -50,7 +51,8 @@ class Cutout(Augmentation):
     Args:
         size: hole side in pixels, an int or (height, width). Must fit in the image.
         scale: (min, max) share of the image area per hole, drawn uniformly, in (0, 1].
-        ratio: (min, max) aspect ratio height / width, drawn log-uniformly; only with ``scale``.
+        ratio: (min, max) aspect ratio height / width, drawn log-uniformly; only with ``scale``
+            (None: (0.3, 1 / 0.3)). Refused with ``size``, which fixes the shape.
         num_holes: holes per image (they may overlap).
         fill: a number (0, the default, is the mean of normalised images) or "noise" for standard
             normal values drawn from the generator.
@@ -76,7 +78,7 @@ class Cutout(Augmentation):
         size: int | Sequence[int] | None = None,
         *,
         scale: Sequence[float] | None = None,
-        ratio: Sequence[float] = (0.3, 1 / 0.3),
+        ratio: Sequence[float] | None = None,
         num_holes: int = 1,
         fill: float | str = 0.0,
         p: float = 1.0,
@@ -96,14 +98,14 @@ class Cutout(Augmentation):
             raise ValueError("give exactly one of size and scale")
         self.size: tuple[int, int] | None = None
         self.scale: tuple[float, float] | None = None
+        self.ratio: tuple[float, float] | None = None
         if size is not None:
-            sides = (size, size) if isinstance(size, int) else tuple(size)
-            if len(sides) != 2:
-                raise ValueError(f"size must be an int or (height, width), got {size!r}")
-            self.size = (check_count("size", sides[0]), check_count("size", sides[1]))
+            if ratio is not None:
+                raise ValueError("ratio applies only with scale: size fixes the holes' shape")
+            self.size = _sides(size)
         else:
             self.scale = check_range("scale", scale, 0.0, 1.0)
-        self.ratio = check_range("ratio", ratio, 0.0, math.inf)
+            self.ratio = check_range("ratio", (0.3, 1 / 0.3) if ratio is None else ratio, 0.0, math.inf)
         self.num_holes = check_count("num_holes", num_holes)
         if isinstance(fill, str):
             if fill != "noise":
@@ -133,6 +135,17 @@ class Cutout(Augmentation):
     def _apply_images(self, images: Tensor, params: CutoutParams) -> Tensor:
         fill = self.fill if params.noise is None else params.noise
         return erase(images, params.holes, fill, inplace=self.inplace)
+
+
+def _sides(size: object) -> tuple[int, int]:
+    """``size`` (an int or a pair) as (height, width), each >= 1, or raise naming ``size``."""
+    if isinstance(size, Integral):
+        size = (size, size)
+    if not isinstance(size, Sequence):
+        raise TypeError(f"size must be an int or (height, width), got {size!r}")
+    if len(size) != 2:
+        raise ValueError(f"size must be an int or (height, width), got {size!r}")
+    return check_count("size", size[0]), check_count("size", size[1])
 
 
 def draw_noise(images: Tensor, rng: np.random.Generator) -> Tensor:

@@ -206,23 +206,32 @@ class ManifoldMixup(Mixup):
         self._handle = ManifoldHandle(model, layers)
         return self._handle
 
-    def __call__(
-        self, images: Tensor, targets: Tensor, *, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Draw the layer, λ and pairing; mix the images (input) or arm the layer's hook.
+    @property
+    def active(self) -> bool:
+        """Whether a call draws and mixes: enabled, p > 0, and the model in training mode (or
+        within ``mixing_in_eval()``)."""
+        if not super().active:
+            return False
+        handle = self._attached()
+        return handle._mixes(handle.model)
 
-        Args:
-            images: float tensor (N, C, H, W), the batch of the model's next forward.
-            targets: int class indices (N,) or float soft targets (N, C).
-            generator: optional CPU ``torch.Generator``.
+    def apply(self, images: Tensor, targets: Tensor, params: MixupParams) -> tuple[Tensor, Tensor]:
+        """Mix the images (layer "input") or arm the layer's hook, and mix the soft targets.
 
-        Returns:
-            ``(images, soft_targets)``: the images mixed only if the layer drawn is the input.
+        With the model in eval mode outside ``mixing_in_eval()`` it mixes and arms nothing and
+        returns ``passthrough``, however it was reached (a call, or ``RandomChoice``).
         """
         handle = self._attached()
         if not handle._mixes(handle.model):
             return self.passthrough(images, targets)
-        return super().__call__(images, targets, generator=generator)
+        return super().apply(images, targets, params)
+
+    def passthrough(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The images unchanged and their soft targets; disarms the hooks, so that a mix armed by
+        an earlier call never lands in a forward after a call that mixed nothing."""
+        if self._handle is not None:
+            self._handle.armed = None
+        return super().passthrough(images, targets)
 
     def _sample(self, images: Tensor, rng: np.random.Generator) -> ManifoldParams:
         layers = self._attached().layers

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dalaug.ops.base import Augmentation, Params, check_positive, mixed_soft_targets
+from dalaug.ops.base import Augmentation, Params, check_bool, check_positive, mixed_soft_targets
 from dalaug.ops.boxes import (
     HostBox,
     box_mask,
@@ -135,7 +135,7 @@ class Mixup(Augmentation):
         )
         self.alpha = check_positive("alpha", alpha)
         self.label_alpha = None if label_alpha is None else check_positive("label_alpha", label_alpha)
-        self.per_sample = bool(per_sample)
+        self.per_sample = check_bool("per_sample", per_sample)
         self.partner = check_partner(partner)
 
     def _sample(self, images: Tensor, rng: np.random.Generator) -> MixupParams:
@@ -232,7 +232,7 @@ class CutMix(Augmentation):
             seed=seed,
         )
         self.alpha = check_positive("alpha", alpha)
-        self.per_sample = bool(per_sample)
+        self.per_sample = check_bool("per_sample", per_sample)
         self.partner = check_partner(partner)
 
     def _draw_sizes(

@@ -59,7 +59,7 @@ def spectral_residual_saliency(images: Tensor, size: int = SALIENCY_SIZE) -> Ten
         torch.Size([2, 64, 64])
     """
     check_images(images)
-    check_count("size", size, minimum=3)
+    size = check_count("size", size, minimum=3)
     if images.shape[1] not in (1, 3):
         raise ValueError(f"images must have 1 or 3 channels, got {images.shape[1]}")
     height, width = images.shape[-2:]

@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 import torch
 
-from dalaug.ops import CutMix, Cutout, Mixup, RandomChoice
+from dalaug.ops import CutMix, Cutout, Mixup, RandomChoice, soft_targets
 
 
 def test_random_choice_frequencies_follow_p():
@@ -72,3 +72,30 @@ def test_a_passed_generator_drives_the_pick_and_never_the_global_rng(make_batch)
         choice(images, targets, generator=generator)
         assert torch.equal(torch.random.get_rng_state(), global_state)
     assert picks[0] == picks[1] and len(set(picks[0])) > 1
+
+
+def _off(op: Mixup, how: str) -> Mixup:
+    if how == "enabled":
+        op.enabled = False
+    elif how == "mixup_enabled":
+        op.mixup_enabled = False
+    else:
+        op.p = 0.0
+    return op
+
+
+@pytest.mark.parametrize("how", ["enabled", "mixup_enabled", "p"])
+def test_a_picked_operator_that_is_off_passes_the_batch_through(make_batch, how):
+    images, targets = make_batch()
+    ops = [_off(Mixup(num_classes=10, label_smoothing=0.1), how), _off(CutMix(num_classes=10), how)]
+    choice = RandomChoice(ops, seed=0)
+    picked = set()
+    for _ in range(12):
+        params = choice.sample(images)
+        picked.add(params.index)
+        out, soft = choice.apply(images, targets, params)
+        assert params.params is None and torch.equal(out, images)
+        # Each operator's own soft targets: smoothed by the Mixup, not by the CutMix.
+        assert torch.equal(soft, soft_targets(targets, 10, ops[params.index].label_smoothing))
+        assert torch.equal(choice(images, targets)[0], images)
+    assert picked == {0, 1}

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from dalaug.ops import CutMix, Cutout, Mixup, SaliencyMix, soft_targets, spectral_residual_saliency
+from dalaug.ops import (
+    CutMix,
+    Cutout,
+    Mixup,
+    RandomChoice,
+    SaliencyMix,
+    soft_targets,
+    spectral_residual_saliency,
+)
 
 
 @pytest.mark.parametrize(
@@ -23,11 +32,20 @@ from dalaug.ops import CutMix, Cutout, Mixup, SaliencyMix, soft_targets, spectra
         (lambda: Mixup(num_classes=2.0), TypeError, "num_classes must be an int"),
         (lambda: Mixup(partner="roll"), ValueError, "partner must be 'flip' or 'permute'"),
         (lambda: Mixup(inplace=1), TypeError, "inplace must be a bool"),
+        (lambda: Mixup(per_sample="no"), TypeError, "per_sample must be a bool"),
+        (lambda: CutMix(per_sample=0), TypeError, "per_sample must be a bool"),
+        (lambda: SaliencyMix(per_sample=None), TypeError, "per_sample must be a bool"),
+        (lambda: setattr(Mixup(), "mixup_enabled", "off"), TypeError, "mixup_enabled must be a bool"),
+        (lambda: Mixup(num_classes=True), TypeError, "num_classes must be an int, got bool"),
+        (lambda: Mixup(seed=np.bool_(True)), TypeError, "seed must be an int"),
         (lambda: Mixup(seed=1.5), TypeError, "seed must be an int"),
         (lambda: Cutout(), ValueError, "exactly one of size and scale"),
         (lambda: Cutout(size=4, scale=(0.1, 0.2)), ValueError, "exactly one of size and scale"),
         (lambda: Cutout(size=0), ValueError, "size must be >= 1"),
         (lambda: Cutout(size=(4, 4, 4)), ValueError, "size must be an int or"),
+        (lambda: Cutout(size=8.0), TypeError, "size must be an int or"),
+        (lambda: Cutout(size=8, ratio=(1, 2)), ValueError, "ratio applies only with scale"),
+        (lambda: Cutout(size=8, ratio=(0.3, 1 / 0.3)), ValueError, "ratio applies only with scale"),
         (lambda: Cutout(scale=(0.0, 0.2)), ValueError, "scale must satisfy"),
         (lambda: Cutout(scale=(0.3, 0.2)), ValueError, "scale must satisfy"),
         (lambda: Cutout(scale=0.2), TypeError, "scale must be a pair"),
@@ -39,6 +57,21 @@ from dalaug.ops import CutMix, Cutout, Mixup, SaliencyMix, soft_targets, spectra
 def test_constructors_reject_bad_arguments(build, error, match):
     with pytest.raises(error, match=match):
         build()
+
+
+@pytest.mark.parametrize("integer", [np.int64, np.int32, np.uint8])
+def test_numpy_integers_are_taken_wherever_an_int_is(integer):
+    images, targets = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    for build in (
+        lambda n: Mixup(num_classes=n(10), seed=n(1)),
+        lambda n: Cutout(n(6), num_holes=n(2), num_classes=n(10), seed=n(1)),
+        lambda n: RandomChoice([CutMix(num_classes=n(10), seed=n(2))], seed=n(1)),
+    ):
+        numpy_made, python_made = build(integer), build(int)
+        assert repr(numpy_made) == repr(python_made)
+        for got, expected in zip(numpy_made(images, targets), python_made(images, targets), strict=True):
+            assert torch.equal(got, expected)
+    assert spectral_residual_saliency(images, size=integer(8)).shape == (4, 8, 8)
 
 
 GOOD_IMAGES = torch.zeros(4, 3, 8, 8)

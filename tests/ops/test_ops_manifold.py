@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 import dalaug.ops.manifold
-from dalaug.ops import ManifoldMixup, Mixup, soft_targets
+from dalaug.ops import ManifoldMixup, Mixup, RandomChoice, soft_targets
 from dalaug.ops.manifold import default_layers
 from dalaug.schedule import Fade
 from train.models import PreActResNet18, ShakeShake, WideResNet
@@ -329,3 +329,27 @@ def test_a_training_step_never_syncs_the_host(partner):
                 (logits.float().log_softmax(1) * soft).sum().backward()
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+def test_in_eval_mode_apply_and_random_choice_mix_nothing_and_leave_nothing_armed():
+    model = _preact()
+    images, targets = _batch(size=16)
+    op = ManifoldMixup(num_classes=NUM_CLASSES, layers=["layers.1"], seed=0)
+    choice = RandomChoice([op], seed=0)
+    clean = soft_targets(targets, NUM_CLASSES)
+    with op.attach(model) as handle:
+        params = _hidden_params(op, images, "layers.1")
+        op.apply(images, targets, params)
+        assert handle.armed is params
+        model.eval()
+        routes = (
+            lambda: op(images, targets),
+            lambda: op.apply(images, targets, params),
+            lambda: choice(images, targets),
+        )
+        for route in routes:
+            handle.armed = params  # armed by a training call before the switch to eval mode
+            out, soft = route()
+            assert out is images and torch.equal(soft, clean) and handle.armed is None
+        with op.mixing_in_eval():  # where eval-mode calls do mix
+            assert choice.sample(images).params is not None
