@@ -202,6 +202,7 @@ class Loader:
         self.recoveries: list[dict] = []  # one entry per pipeline rebuilt after DALI failed
         self._pipeline: DALIGenericIterator | None = None
         self._generation = 0  # pipelines built so far; each gets its own seed
+        self._built_in = os.getpid()  # the process whose DALI threads run the pipeline
         self._retried: tuple[int, int] | None = None  # where an unexplained failure was retried
         self._iterating: object | None = None  # the token of the iterator serving now, if any
         for name, reason in samples.unreadable:
@@ -320,6 +321,12 @@ class Loader:
         self._ensure_pipeline()
 
     def _ensure_pipeline(self) -> None:
+        if self._pipeline is not None and self._built_in != os.getpid():
+            # DALI's threads stayed in the parent: the copy of the pipeline would wait forever.
+            raise RuntimeError(
+                f"this Loader's pipeline was built in process {self._built_in}; a forked child "
+                "builds a Loader of its own (or the parent builds none before forking)"
+            )
         if self._pipeline is None:
             self._build()
         else:
@@ -368,6 +375,7 @@ class Loader:
             checkpoint=checkpoint,
         )
         self._generation += 1
+        self._built_in = os.getpid()
         with _on(self.device):
             self._pipeline = DALIGenericIterator(
                 pipe, ["images", "labels"], last_batch_policy=LastBatchPolicy.PARTIAL,
@@ -578,8 +586,14 @@ def _on(device: torch.device):
 
 
 def _sharding() -> Sharding:
+    """This rank's place: from the process group, or (a loader built before
+    ``init_process_group``) from the variables torchrun sets, so that no rank reads every sample."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return Sharding(torch.distributed.get_rank(), torch.distributed.get_world_size())
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        if "RANK" not in os.environ:
+            raise ValueError("distributed: WORLD_SIZE is set but RANK is not (torchrun sets both)")
+        return Sharding(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
     return Sharding()
 
 

@@ -121,9 +121,9 @@ class BatchReader:
     def __call__(self, info) -> tuple[TensorListCPU, np.ndarray]:
         # DALI's own (epoch_idx, iteration) are ignored: the stream never ends, the cursor decides.
         position = self.cursor
-        if position[1] >= self.feed.num_batches():  # an evaluation epoch shrank (files left out)
-            position = (position[0] + 1, 0)
         while True:
+            if position[1] >= self.feed.num_batches():  # an evaluation epoch shrank (files left out)
+                position = (position[0] + 1, 0)
             read = self._reads.pop(position, None) or self._submit(position)
             ids = read.ids
             data, bad = read.batch.result()

@@ -82,7 +82,8 @@ def resolve_source(source: str | os.PathLike | Sequence | Samples) -> Samples:
         if path.is_file():
             return webdataset([path])
         tars = sorted(path.glob("*.tar"))
-        if tars and not any(p.is_dir() for p in path.iterdir()):
+        # Shards, unless class folders sit beside them (a hidden folder such as .ipynb_checkpoints is none).
+        if tars and not any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
             return webdataset(tars)
         return image_folder(path)
     if isinstance(source, Sequence) and source and all(str(s).endswith(".tar") for s in source):

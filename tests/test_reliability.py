@@ -227,6 +227,17 @@ def test_bad_loader_arguments_are_named(photo_folder, kwargs, match):
         dalaug.Loader(photo_folder, **arguments)
 
 
+def test_an_evaluation_epoch_whose_last_batch_goes_bad_ends_one_batch_early(data):
+    # 60 photos, batch 8: the last batch holds 4 samples; spoil them all after the scan.
+    loader = dalaug.Loader(data, 8, train=False, crop=CROP, device="cpu", max_bad_fraction=0.1)
+    for i in range(56, 60):
+        Path(loader.samples.paths[i]).write_bytes(b"junk")
+    for _ in range(2):  # the next epoch goes on, one batch shorter
+        ids = torch.cat(run_epoch(loader)).tolist()
+        assert ids == list(range(56)) and len(loader) == 7
+    assert len(loader.bad_samples) == 4
+
+
 def test_bad_feed_sharding_and_state_arguments_are_named(photo_folder, tmp_path):
     samples = resolve_source(photo_folder)
     with pytest.raises(ValueError, match="rank"):

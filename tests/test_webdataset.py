@@ -292,3 +292,11 @@ def test_bad_shards_are_named(tmp_path):
         resolve_source(cut)
     with pytest.raises(FileNotFoundError, match=r"shard '.*missing\.tar' does not exist"):
         index_shards([tmp_path / "missing.tar"])
+
+
+def test_shards_beside_a_hidden_folder_are_still_shards(tmp_path):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_shard(folder / "a.tar", samples(3))
+    (folder / ".ipynb_checkpoints").mkdir()
+    assert len(resolve_source(folder)) == 3

@@ -270,3 +270,23 @@ def test_a_read_that_hangs_raises_naming_the_file(tmp_path, monkeypatch):
             pool.submit([(str(fifo), -1, -1)]).result(timeout=60)
     finally:
         pool.close()
+
+
+def test_a_loader_used_in_a_forked_child_says_so_instead_of_hanging(photo_folder, tmp_path):
+    out = run_script(f"""
+        import os
+        import dalaug
+        loader = dalaug.Loader({str(photo_folder)!r}, 8, train=True, crop=32, device="cpu")
+        next(iter(loader))  # the pipeline and its threads live in this process
+        child = os.fork()
+        if child == 0:
+            try:
+                next(iter(loader))
+            except RuntimeError as error:
+                print("child:", error, flush=True)
+            os._exit(0)
+        os.waitpid(child, 0)
+        print("parent:", next(iter(loader))[0].shape)
+    """, cwd=tmp_path)  # fmt: skip
+    assert "child: this Loader's pipeline was built in process" in out
+    assert "parent: torch.Size([8, 3, 32, 32])" in out
