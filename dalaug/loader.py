@@ -86,11 +86,11 @@ class Loader:
             so that a validation loader never augments by default.
         shuffle: a new order every epoch (default: ``train``).
         drop_last: drop the last partial batch (default: ``train``).
-        crop: output side in pixels.
+        crop: output side in pixels (default 224).
         resize: eval only: shorter side before the centre crop (default ``crop / 0.875``).
-        scale: train: range of the crop's area as a fraction of the image.
-        ratio: train: range of the crop's aspect ratio.
-        flip: train: random horizontal flip (turn off for digits and text).
+        scale: train: range of the crop's area as a fraction of the image (default (0.08, 1.0)).
+        ratio: train: range of the crop's aspect ratio (default (3/4, 4/3)).
+        flip: train: random horizontal flip (default True; turn off for digits and text).
         policy: ``"autoaugment"``, ``"randaugment"``, ``"trivialaugment"``, torchvision's and
             timm's names (``"ta_wide"``, ``"rand-m9-mstd0.5"``, ...), a policy object, or None
             (crop + flip only: the clean pipeline).
@@ -101,19 +101,22 @@ class Loader:
             no copy).
         device: None (this thread's CUDA device if any, else CPU), ``"cpu"``, ``"cuda"`` or
             ``"cuda:N"``; resolved once, here.
-        seed: seeds the order, the augmentation and the operators; the same seed gives the same batches.
+        seed: seeds the order, the augmentation and the operators (default 0); the same seed
+            gives the same batches.
         num_threads: DALI CPU threads (default: the cores this process may use, split by rank).
-        io_workers: processes reading and checking files ahead (shared by the process's loaders).
+        io_workers: processes reading and checking files ahead (default 4, shared by the
+            process's loaders).
             Each reads one file at a time from local files, and up to ``READS_IN_FLIGHT`` (8) at
             once from storage whose opens wait (network file systems); 0 reads in one thread of
             this process.
-        prefetch: batches DALI prepares ahead.
+        prefetch: batches DALI prepares ahead (default 2).
         roi_decode: decode only the crop window (fast); False decodes whole images first.
         max_bad_fraction: how much of the data set may turn out bad before iterating raises
             :class:`DecodeError`: up to ``int(max_bad_fraction * num_samples)`` bad files are left
-            out and logged (below 1000 samples the default allows none); 0: any bad file is an error.
-        distributed: under ``torch.distributed``, read this rank's shard (True) or the whole data
-            set (False, e.g. for a side measurement every rank makes on the same samples).
+            out and logged (default 0.001: below 1000 samples none); 0: any bad file is an error.
+        distributed: under ``torch.distributed`` (or torchrun, before ``init_process_group``),
+            read this rank's shard (True, the default) or the whole data set (False, e.g. for a
+            side measurement every rank makes on the same samples).
         lockstep: pad the ranks' shards to equal length (default: for training). An evaluation
             loop that reduces across ranks every batch needs it, and then counts the padding's
             at most ``world_size - 1`` duplicates; without it every sample counts exactly once.
@@ -121,7 +124,8 @@ class Loader:
             uniform in [1 - j, 1 + j], as torchvision's ``ColorJitter(j, j, j)``).
         operators: batch operators (``dalaug.Mixup``, ``dalaug.RandomChoice([...])``, ...) applied
             to every batch on the device; the loader then yields soft targets (B, C). Turning an
-            operator off (``op.enabled = False``, timm's ``mixup_enabled``) takes effect at once.
+            operator off (``op.enabled = False``) takes effect at once; ``loader.mixup_enabled``
+            (timm's switch) turns the mixing ones off and leaves erasing on.
         num_workers: DataLoader's name for ``num_threads``.
         prefetch_factor: DataLoader's name for ``prefetch``.
         pin_memory, persistent_workers: accepted for DataLoader scripts; batches already arrive
@@ -248,15 +252,17 @@ class Loader:
 
     @property
     def mixup_enabled(self) -> bool:
-        """Whether the loader's operators mix: timm's train.py sets ``loader.mixup_enabled = False``
-        at ``--mixup-off-epoch`` (its prefetcher mixes in the loader, as dalaug does)."""
-        return any(op.enabled for op in self.operators)
+        """Whether the loader's mixing operators mix: timm's train.py sets ``loader.mixup_enabled =
+        False`` at ``--mixup-off-epoch`` (its prefetcher mixes in the loader, as dalaug does). As
+        timm's switch, it leaves erasing (RandomErasing, Cutout) on."""
+        return any(op.enabled for op in self.operators if op.mixes)
 
     @mixup_enabled.setter
     def mixup_enabled(self, value: bool) -> None:
-        if not self.operators:
-            raise AttributeError("mixup_enabled: this loader has no operators to turn on or off")
-        for op in self.operators:
+        mixing = [op for op in self.operators if op.mixes]
+        if not mixing:
+            raise AttributeError("mixup_enabled: this loader has no mixing operators to turn on or off")
+        for op in mixing:
             op.mixup_enabled = value
 
     @property
@@ -444,7 +450,9 @@ class Loader:
         Example:
             >>> clean = loader.with_options(policy=None)  # doctest: +SKIP
         """
-        operators = changes.pop("operators", self.operators)
+        # An evaluation loader made from a training one mixes nothing unless told to.
+        to_eval = self.config.train and changes.get("train") is False
+        operators = changes.pop("operators", [] if to_eval else self.operators)
         for name in ("pin_memory", "persistent_workers"):  # accepted, as by the constructor
             changes.pop(name, None)
         aliases = {name: changes.pop(name, None) for name in ("num_workers", "prefetch_factor")}

@@ -571,6 +571,7 @@ class PhasedLoader:
     ``sampler.set_epoch``, as DistributedSampler loops call it) moves the schedule's cursor.
 
     Example:
+        >>> from dalaug.ops import Mixup
         >>> heavy = Phase(90, policy="autoaugment", operators=[Mixup(alpha=0.2, num_classes=1000)])
         >>> train_loader = Schedule(refine(heavy, 10), loader).as_loader()  # doctest: +SKIP
         >>> for epoch in range(100):  # doctest: +SKIP
@@ -632,7 +633,7 @@ class PhasedLoader:
         """Turn every phase's operators off (timm's ``--mixup-off-epoch``) or on, at once."""
         operators = self._every_operator()
         if not operators:
-            raise AttributeError("mixup_enabled: no phase of this schedule has operators to turn on or off")
+            raise AttributeError("mixup_enabled: no phase of this schedule has mixing operators to switch")
         for op in operators:
             if not hasattr(op, "mixup_enabled"):
                 raise AttributeError(f"mixup_enabled: operator {op!r} has no on/off switch (mixup_enabled)")
@@ -640,8 +641,10 @@ class PhasedLoader:
             op.mixup_enabled = value
 
     def _every_operator(self) -> list[Operator]:
-        """Every phase's operators and this epoch's (a faded one is a copy of its phase's)."""
-        return [unfaded(op) for phase in self.schedule.phases for op in phase.operators] + self._operators
+        """Every phase's mixing operators and this epoch's (a faded one is a copy of its phase's):
+        as timm's switch, ``mixup_enabled`` leaves erasing on."""
+        given = [unfaded(op) for phase in self.schedule.phases for op in phase.operators]
+        return [op for op in given + self._operators if getattr(op, "mixes", True)]
 
     def _config(self) -> LoaderConfig:
         """The configuration of the epoch being served or, between epochs, of the next one."""

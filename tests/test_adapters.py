@@ -8,6 +8,7 @@ from timm.data import FastCollateMixup, create_transform
 from timm.loss import SoftTargetCrossEntropy
 
 from dalaug.adapters import create_loader
+from dalaug.ops import RandomErasing
 
 SIZE = (3, 32, 32)
 
@@ -37,6 +38,9 @@ def test_a_timm_shaped_loop_mixes_until_the_off_epoch_then_stops(photo_folder):
     for epoch, peak in peaks:
         if epoch == mixup_off_epoch:
             assert torch.allclose(peak, torch.full((8,), one_hot_peak))  # smoothed, never mixed
+    # As timm's switch, it stops the mixing and leaves --reprob's random erasing on.
+    erasing = [op for op in loader.operators if isinstance(op, RandomErasing)]
+    assert erasing and all(op.enabled for op in erasing) and not loader.mixup_enabled
 
 
 def test_the_eval_loader_reads_every_sample_once_at_timm_crop_pct(photo_folder):

@@ -149,9 +149,11 @@ def test_with_options_builds_the_clean_variant_over_the_same_samples(photo_folde
 
 def test_with_options_to_the_other_kind_of_loader_is_what_its_constructor_makes(photo_folder):
     heavy = dalaug.Loader(photo_folder, 8, train=True, crop=CROP, device="cpu", policy="autoaugment",
-                          scale=(0.5, 1.0), num_workers=1)  # fmt: skip
+                          scale=(0.5, 1.0), num_workers=1, operators=[dalaug.Mixup(1.0)])  # fmt: skip
     made = dalaug.Loader(photo_folder, 8, train=False, crop=CROP, device="cpu", num_workers=1)
-    assert heavy.with_options(train=False).config == made.config  # in order, every sample, no policy
+    evaluation = heavy.with_options(train=False)
+    assert evaluation.config == made.config and not evaluation.operators  # in order, every sample, no mixing
+    heavy = heavy.with_options(operators=[])
     assert made.with_options(train=True, policy="autoaugment", scale=(0.5, 1.0)).config == heavy.config
     assert heavy.with_options(num_workers=2, prefetch_factor=3, pin_memory=True).config.num_threads == 2
     with pytest.raises(ValueError, match="resize: .*evaluation loader"):

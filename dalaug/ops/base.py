@@ -274,7 +274,12 @@ class BatchOp(ABC):
             ``mixup_enabled`` is the same switch under timm's name, so a timm-style loop that sets
             ``mixup_enabled = False`` at its ``--mixup-off-epoch`` really stops mixing. Operators
             run in the training process, so the flag reaches them (it is no worker's copy).
+        mixes: whether the operator mixes samples with one another (Mixup, CutMix, ...; erasing
+            does not). A loader's ``mixup_enabled``, timm's switch, reaches only these, as timm's
+            own stops its mixing and leaves its random erasing on.
     """
+
+    mixes = True
 
     def __init__(self, *, seed: int | None = None) -> None:
         self.seed = None if seed is None else check_int("seed", seed)
@@ -524,6 +529,11 @@ class RandomChoice(BatchOp):
         if params.params is None:
             return op.passthrough(images, targets)
         return op.apply(images, targets, params.params)
+
+    @property
+    def mixes(self) -> bool:
+        """Whether any of the operators it picks from mixes samples."""
+        return any(op.mixes for op in self.ops)
 
     def passthrough(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """The images unchanged and the first operator's soft targets."""

@@ -73,6 +73,8 @@ class Cutout(Augmentation):
         True
     """
 
+    mixes = False  # each image keeps its own label
+
     def __init__(
         self,
         size: int | Sequence[int] | None = None,

@@ -50,6 +50,8 @@ class RandomErasing(Augmentation):
         (True, torch.Size([8, 10]))
     """
 
+    mixes = False  # each image keeps its own label
+
     def __init__(
         self,
         p: float = 0.5,
