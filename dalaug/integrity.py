@@ -128,9 +128,31 @@ def _check_jpeg(data: np.ndarray, head: bytes) -> str | None:
         pos += 2 + length
     else:
         return "corrupt JPEG header (too many segments)"
-    if not _ends_with(data, b"\xff\xd9"):
+    # The end-of-image marker closes the file, or (a motion photo's video, a camera's trailer)
+    # is followed by other bytes: then the scans are walked to it, which only such files pay for.
+    if not _ends_with(data, b"\xff\xd9") and not _scans_end(data, pos):
         return "truncated JPEG (no end-of-image marker)"
     return None
+
+
+def _scans_end(data: np.ndarray, pos: int) -> bool:
+    """Whether the scans from the start-of-scan segment at ``pos`` reach an end-of-image marker.
+
+    In entropy-coded data a 0xFF byte is followed by 0x00 (stuffing), a restart marker or more
+    0xFF; any other marker ends the scan: EOI, or a segment (tables, the next progressive scan)."""
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        if pos + 4 > data.size:
+            return False
+        pos += 2 + (int(data[pos + 2]) << 8 | int(data[pos + 3]))  # past the segment's header
+        ff = np.flatnonzero(data[pos:-1] == 0xFF)
+        following = data[pos + 1 + ff]
+        ends = ff[(following != 0x00) & (following != 0xFF) & ((following < 0xD0) | (following > 0xD7))]
+        if ends.size == 0:
+            return False
+        pos += int(ends[0])
+        if data[pos + 1] == 0xD9:
+            return True
+    return False
 
 
 def _check_png(data: np.ndarray, head: bytes) -> str | None:

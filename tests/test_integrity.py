@@ -108,6 +108,16 @@ def test_padding_after_the_end_marker_is_allowed():
         assert check_encoded(np.frombuffer(jpeg + padding, np.uint8)) is None
 
 
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_a_trailer_after_the_end_marker_is_allowed_and_a_cut_image_before_one_is_not(progressive):
+    # Motion photos append their video after the JPEG's end marker; decoders read the image alone.
+    jpeg = _written("RGB", "JPEG", {"progressive": progressive}).tobytes()
+    video = b"\x00\x00\x00\x18ftypmp42" + np.random.default_rng(3).integers(0, 256, 5000, np.uint8).tobytes()
+    assert check_encoded(np.frombuffer(jpeg + video, np.uint8)) is None
+    cut = jpeg[: len(jpeg) // 2] + video  # the image itself lost its end: still truncated
+    assert check_encoded(np.frombuffer(cut, np.uint8)) == "truncated JPEG (no end-of-image marker)"
+
+
 def test_random_bytes_behind_valid_markers_are_caught():
     # An overwritten file that happens to keep SOI and EOI: the header walk finds no valid segment.
     rng = np.random.default_rng(1)
