@@ -109,7 +109,17 @@ def build_index(shard: str | os.PathLike) -> ShardIndex:
         if os.fstat(file.fileno()).st_size == 0:
             raise ValueError(f"source: shard {str(shard)!r} is empty, not a tar file")
         with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            images, labels = _scan(data, shard)
+            images, labels, skipped = _scan(data, shard)
+    if skipped:
+        # Left out by WebDataset's own rule, but a user looking for these images must hear of it.
+        note = (
+            f"shard {str(shard)!r}: {len(skipped)} member(s) named like images are no samples, e.g. "
+            f"{_text(skipped[0])!r}: a sample's key ends at the first dot of its file name "
+            "(a.b.jpg is key 'a', extension 'b.jpg'), and hard or symbolic links are not followed"
+        )
+        if not images:
+            raise ValueError(f"source: {note}")
+        warnings.warn(note, stacklevel=2)
     if not images:
         raise ValueError(
             f"source: shard {str(shard)!r} holds no image members (looked for "
@@ -129,10 +139,14 @@ def build_index(shard: str | os.PathLike) -> ShardIndex:
     return ShardIndex(*(np.asarray(v, np.int64) for v in (offsets, sizes, classes)))
 
 
-def _scan(data: mmap.mmap, shard: Path) -> tuple[list[tuple[bytes, bytes, int, int]], dict[bytes, int]]:
-    """Walk the tar headers: the image members as (key, name, data offset, size), in tar order, and
-    the label of each key that has a ``.cls`` member."""
-    images, labels, seen = [], {}, set()
+Member = tuple[bytes, bytes, int, int]  # key, name, data offset, size
+
+
+def _scan(data: mmap.mmap, shard: Path) -> tuple[list[Member], dict[bytes, int], list[bytes]]:
+    """Walk the tar headers: the image members as (key, name, data offset, size), in tar order, the
+    label of each key that has a ``.cls`` member, and the members named like images that belong to
+    no sample (a key with a dot in it, a link; not a sample's extra such as ``x.seg.png``)."""
+    images, labels, seen, named_like_images = [], {}, set(), []
     end, position = len(data), 0
     long_name = pax_name = pax_size = None
     while position < end:  # tarfile too accepts a file that ends without the two zero blocks
@@ -162,12 +176,12 @@ def _scan(data: mmap.mmap, shard: Path) -> tuple[list[tuple[bytes, bytes, int, i
         elif kind == _GNU_SPARSE:
             raise ValueError(f"source: shard {str(shard)!r} holds a GNU sparse member at byte {position}")
         elif kind not in _METADATA:  # a member: the long name or pax fields above were its own
+            name = pax_name or long_name or _name(header)
+            folder, _, file_name = name.rpartition(b"/")
+            stem, dot, extension = file_name.partition(b".")
+            key = folder + b"/" + stem if folder else stem
+            extension = extension.lower()
             if kind in _FILE_TYPES:
-                name = pax_name or long_name or _name(header)
-                folder, _, file_name = name.rpartition(b"/")
-                stem, dot, extension = file_name.partition(b".")
-                key = folder + b"/" + stem if folder else stem
-                extension = extension.lower()
                 if extension in IMAGE_EXTENSIONS:
                     if key in seen:
                         raise ValueError(
@@ -178,9 +192,13 @@ def _scan(data: mmap.mmap, shard: Path) -> tuple[list[tuple[bytes, bytes, int, i
                     images.append((key, name, start, size))
                 elif dot and extension == LABEL_EXTENSION:
                     labels[key] = _label(data[start : start + size], shard, name)
+                elif extension.rpartition(b".")[2] in IMAGE_EXTENSIONS:
+                    named_like_images.append((key, name))
+            elif extension.rpartition(b".")[2] in IMAGE_EXTENSIONS:  # a hard or symbolic link
+                named_like_images.append((key, name))
             long_name = pax_name = pax_size = None
         position = following
-    return images, labels
+    return images, labels, [name for key, name in named_like_images if key not in seen]
 
 
 def _name(header: bytes) -> bytes:

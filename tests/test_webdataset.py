@@ -300,3 +300,14 @@ def test_shards_beside_a_hidden_folder_are_still_shards(tmp_path):
     write_shard(folder / "a.tar", samples(3))
     (folder / ".ipynb_checkpoints").mkdir()
     assert len(resolve_source(folder)) == 3
+
+
+def test_members_named_like_images_that_make_no_sample_are_told(tmp_path):
+    good = samples(2)
+    dotted = [("a.000007.jpg", b"\xff\xd8" + b"x" * 50 + b"\xff\xd9"), ("a.000007.cls", b"1")]
+    told = r"1 member\(s\) named like images are no samples, e.g. 'a.000007.jpg'"
+    with pytest.warns(UserWarning, match=told):
+        index = build_index(write_shard(tmp_path / "mixed.tar", good + dotted))
+    assert len(index.offsets) == 2
+    with pytest.raises(ValueError, match=r"source: shard .* 'a.000007.jpg': a sample's key ends at the"):
+        build_index(write_shard(tmp_path / "dotted.tar", dotted))
