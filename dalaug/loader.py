@@ -394,6 +394,10 @@ class Loader:
         """Name and count the samples the reader left out (its checks run in its threads)."""
         if self.reader.found_bad:
             found, self.reader.found_bad = self.reader.found_bad, {}
+            changed = self.samples.changed_shards(found)
+            if changed:  # its samples are no longer where the index says: no sample of it is to blame
+                reason = "rewritten after it was indexed, when this loader was built"
+                raise DecodeError(dict.fromkeys(changed, reason), "build the loader again to index it anew")
             self._leave_out({self.samples.name(i): reason for i, reason in sorted(found.items())})
 
     def _recover(self, error: RuntimeError) -> None:

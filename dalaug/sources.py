@@ -10,14 +10,14 @@ same epoch order, sharding and bad-file handling apply to every kind of source.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import chain, repeat
 from pathlib import Path
 
 import numpy as np
 
-from dalaug.webdataset import index_shards
+from dalaug.webdataset import index_shards, shard_version
 from dalaug.workers import read_file
 
 # The extensions torchvision's ImageFolder accepts (its IMG_EXTENSIONS), so both see the same files.
@@ -36,6 +36,8 @@ class Samples:
     classes: tuple[str, ...]
     # Files the scan found but cannot use (a broken symbolic link), with why: reported, not read.
     unreadable: tuple[tuple[str, str], ...] = ()
+    # Each WebDataset shard's version when it was indexed: its samples are read at those offsets.
+    versions: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -48,6 +50,11 @@ class Samples:
             return self.paths[index]
         return f"{self.paths[index]}@{self.offsets[index]}"
 
+    def changed_shards(self, indices: Iterable[int]) -> list[str]:
+        """The shards of samples ``indices`` rewritten since they were indexed (or gone)."""
+        shards = {self.paths[i] for i in indices if self.offsets[i] >= 0} & self.versions.keys()
+        return sorted(shard for shard in shards if _version(shard) != self.versions[shard])
+
     def read(self, index: int) -> np.ndarray:
         """The encoded bytes of sample ``index`` as a uint8 array (shorter if the file shrank)."""
         return read_file(self.paths[index], int(self.offsets[index]), int(self.sizes[index]))
@@ -57,7 +64,7 @@ class Samples:
         keep = np.setdiff1d(np.arange(len(self)), np.asarray(list(indices), dtype=np.int64))
         return Samples(
             tuple(self.paths[i] for i in keep), self.offsets[keep], self.sizes[keep],
-            self.labels[keep], self.classes, self.unreadable,
+            self.labels[keep], self.classes, self.unreadable, self.versions,
         )  # fmt: skip
 
 
@@ -189,6 +196,7 @@ def webdataset(shards: Sequence[str | Path]) -> Samples:
     Each shard's index is built once and stored (see :mod:`dalaug.webdataset`)."""
     if not shards:
         raise ValueError("source: no WebDataset shards given")
+    versions = {str(shard): shard_version(shard) for shard in shards}
     indexes = index_shards(shards)
     labels = np.concatenate([index.labels for index in indexes])
     # One str per shard, referenced by each of its samples: a pointer a sample, no copies.
@@ -198,5 +206,12 @@ def webdataset(shards: Sequence[str | Path]) -> Samples:
     return Samples(
         tuple(paths), np.concatenate([index.offsets for index in indexes]),
         np.concatenate([index.sizes for index in indexes]), labels,
-        tuple(str(c) for c in range(int(labels.max()) + 1)),
+        tuple(str(c) for c in range(int(labels.max()) + 1)), versions=versions,
     )  # fmt: skip
+
+
+def _version(shard: str) -> tuple[int, ...] | None:
+    try:
+        return shard_version(shard)
+    except (OSError, ValueError):  # gone, or no longer a file
+        return None

@@ -76,7 +76,7 @@ def index_shards(shards: Sequence[str | os.PathLike]) -> list[ShardIndex]:
     3
     """
     shards = [Path(s) for s in shards]
-    keys = [_key(shard) for shard in shards]
+    keys = [shard_version(shard) for shard in shards]
     indexes = [_load(shard, key) for shard, key in zip(shards, keys, strict=True)]
     missing = [i for i, index in enumerate(indexes) if index is None]
     # Ranks that start together begin at different shards, so each mostly finds the others' work
@@ -252,7 +252,7 @@ def _text(name: bytes) -> str:
     return name.decode("utf-8", "surrogateescape")
 
 
-def _key(shard: Path) -> tuple[int, ...]:
+def shard_version(shard: str | os.PathLike) -> tuple[int, ...]:
     """What identifies this version of the shard's bytes without reading them."""
     try:
         stat = os.stat(shard)
@@ -293,7 +293,7 @@ def _load(shard: Path, key: tuple[int, ...]) -> ShardIndex | None:
 
 def _build_and_store(shard: Path, key: tuple[int, ...]) -> ShardIndex:
     index = build_index(shard)
-    if _key(shard) != key:
+    if shard_version(shard) != key:
         raise ValueError(
             f"source: shard {str(shard)!r} changed while it was indexed; is it still being written?"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 
 import numpy as np
@@ -12,6 +13,7 @@ from torchvision.datasets import ImageFolder
 
 import dalaug
 from dalaug.feed import EpochFeed, Sharding
+from dalaug.loader import DecodeError
 from dalaug.sources import resolve_source
 
 CROP = 32
@@ -120,25 +122,43 @@ def test_same_seed_same_batches_different_seed_differs(photo_folder):
     assert not all(torch.equal(xa, xc) for (xa, _, _), (xc, _, _) in zip(a, c, strict=True))
 
 
-def test_webdataset_shards_read_like_a_folder(colour_folder, tmp_path):
-    folder = resolve_source(colour_folder)
-    shards = []
-    for shard_index in range(2):
-        path = tmp_path / f"shard-{shard_index}.tar"
-        with tarfile.open(path, "w") as tar:
-            for i in range(shard_index, len(folder), 2):
+def write_shards(folder, root, count: int = 2, reverse: bool = False) -> None:
+    """``folder``'s samples as ``count`` WebDataset shards in ``root`` (each in reverse order if asked)."""
+    for shard_index in range(count):
+        path = root / f"shard-{shard_index}.tar"
+        ids = list(range(shard_index, len(folder), count))
+        with tarfile.open(root / "partial.tar", "w") as tar:
+            for i in reversed(ids) if reverse else ids:
                 key = f"sample{i:04d}"
                 tar.add(folder.paths[i], arcname=f"{key}.jpg")
-                label = tmp_path / "label.cls"
+                label = root / "label.cls"
                 label.write_text(str(int(folder.labels[i])))
                 tar.add(label, arcname=f"{key}.cls")
-        shards.append(path)
+        os.replace(root / "partial.tar", path)
+        (root / "label.cls").unlink()
+
+
+def test_webdataset_shards_read_like_a_folder(colour_folder, tmp_path):
+    folder = resolve_source(colour_folder)
+    write_shards(folder, tmp_path)
     loader = dalaug.Loader(tmp_path, 4, train=False, crop=CROP, device="cpu")
     assert loader.num_samples == len(folder)
     colours = torch.tensor(CLASS_COLOURS, dtype=torch.float32)
     for images, targets in loader:
         nearest = torch.cdist(denormalize(images).mean(dim=(2, 3)), colours).argmin(dim=1)
         assert torch.equal(nearest, targets)
+
+
+def test_a_shard_rewritten_under_the_loader_is_named_not_its_samples(photo_folder, tmp_path):
+    folder = resolve_source(photo_folder)
+    write_shards(folder, tmp_path)
+    loader = dalaug.Loader(tmp_path, 8, train=False, crop=CROP, device="cpu", max_bad_fraction=0.5)
+    assert sum(len(y) for _, y in loader) == 60
+    write_shards(folder, tmp_path, reverse=True)  # the same samples at other offsets
+    with pytest.raises(DecodeError, match=r"shard-\d.tar: rewritten after it was indexed.*index it anew"):
+        for _ in range(3):
+            for _ in loader:
+                pass
 
 
 def test_with_options_builds_the_clean_variant_over_the_same_samples(photo_folder):
