@@ -42,6 +42,11 @@ _PADDING = b"\x00\xff\r\n\t "
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers
 _JPEG_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn and TEM: no length field
 _JPEG_MAX_SEGMENTS = 256
+# A marker in entropy-coded data: 0xFF not followed by stuffing (0x00), fill (0xFF) or a restart.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
+# What may follow a scan before the next one: tables (DHT, DAC, DQT, DNL, DRI), application data,
+# a comment, or the next start of scan.
+_JPEG_BETWEEN_SCANS = frozenset({0xC4, 0xCC, 0xDB, 0xDC, 0xDD, 0xDA, 0xFE, *range(0xE0, 0xF0)})
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -139,19 +144,24 @@ def _scans_end(data: np.ndarray, pos: int) -> bool:
     """Whether the scans from the start-of-scan segment at ``pos`` reach an end-of-image marker.
 
     In entropy-coded data a 0xFF byte is followed by 0x00 (stuffing), a restart marker or more
-    0xFF; any other marker ends the scan: EOI, or a segment (tables, the next progressive scan)."""
+    0xFF; any other marker ends the scan. Between scans only tables, comments, application data
+    and the next scan may come: any other marker (or a bad length) means the image was cut, and
+    the bytes after it are no JPEG's, whatever markers they happen to hold."""
+    view = memoryview(data)
     for _ in range(_JPEG_MAX_SEGMENTS):
         if pos + 4 > data.size:
             return False
-        pos += 2 + (int(data[pos + 2]) << 8 | int(data[pos + 3]))  # past the segment's header
-        ff = np.flatnonzero(data[pos:-1] == 0xFF)
-        following = data[pos + 1 + ff]
-        ends = ff[(following != 0x00) & (following != 0xFF) & ((following < 0xD0) | (following > 0xD7))]
-        if ends.size == 0:
+        length = view[pos + 2] << 8 | view[pos + 3]
+        if length < 2:
             return False
-        pos += int(ends[0])
-        if data[pos + 1] == 0xD9:
+        found = _JPEG_MARKER.search(view, pos + 2 + length)
+        if found is None:
+            return False
+        pos = found.start()
+        if view[pos + 1] == 0xD9:
             return True
+        if view[pos + 1] not in _JPEG_BETWEEN_SCANS:
+            return False
     return False
 
 

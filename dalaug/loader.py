@@ -209,6 +209,7 @@ class Loader:
         self._built_in = os.getpid()  # the process whose DALI threads run the pipeline
         self._retried: tuple[int, int] | None = None  # where an unexplained failure was retried
         self._iterating: object | None = None  # the token of the iterator serving now, if any
+        self._held: tuple | None = None  # a batch taken out early: the next epoch's first
         for name, reason in samples.unreadable:
             self._leave_out({name: reason})
 
@@ -295,6 +296,8 @@ class Loader:
                         "load_state_dict: a Loader serves one iteration at a time"
                     )
                 batch = self._next_batch()
+                if batch is None:
+                    break
                 self.iteration += 1
                 yield batch
         finally:
@@ -338,19 +341,29 @@ class Loader:
         else:
             self.reader.seek((self.epoch, self.iteration))
 
-    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The batch at the loader's position, or None when the epoch turns out to be over: an
+        evaluation epoch whose last samples went bad while it was read has a batch fewer."""
         self._ensure_pipeline()
         while True:
-            try:
-                with _on(self.device):
-                    out = next(self._pipeline)[0]
-            except RuntimeError as error:
-                self._recover(error)
+            if self._held is not None:
+                (out, entry), self._held = self._held, None
+            else:
+                try:
+                    with _on(self.device):
+                        out = next(self._pipeline)[0]
+                except RuntimeError as error:
+                    self._recover(error)
+                    continue
+                entry = self.reader.take()
+                self._report_found()
+            if entry.stale:
                 continue
-            entry = self.reader.take()
-            self._report_found()
-            if not entry.stale and entry.position == (self.epoch, self.iteration):
+            if entry.position == (self.epoch, self.iteration):
                 break
+            if self.iteration >= len(self) and entry.position == (self.epoch + 1, 0):
+                self._held = (out, entry)  # the reader went on to the next epoch: it opens it
+                return None
         self.sample_ids = torch.from_numpy(entry.ids)
         images, targets = out["images"], out["labels"]
         if self.config.memory_format == torch.channels_last:
@@ -554,7 +567,7 @@ class Loader:
 
     def close(self) -> None:
         """Free the DALI pipeline and the threads now; iterating again starts them again."""
-        self._pipeline = None
+        self._pipeline = self._held = None
         self.reader.close()
         self.reader.restart((self.epoch, self.iteration))
 

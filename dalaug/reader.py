@@ -122,6 +122,12 @@ class BatchReader:
         # DALI's own (epoch_idx, iteration) are ignored: the stream never ends, the cursor decides.
         position = self.cursor
         while True:
+            if self.feed.num_batches() == 0:
+                named = [f"{self.feed.samples.name(i)}: {why}" for i, why in self.found_bad.items()]
+                raise ValueError(
+                    "source: every sample of this rank's share of the data set turned out bad"
+                    + (f", e.g. {named[0]}" if named else "") + "; find them all with `dalaug verify`"
+                )
             if position[1] >= self.feed.num_batches():  # an evaluation epoch shrank (files left out)
                 position = (position[0] + 1, 0)
             read = self._reads.pop(position, None) or self._submit(position)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dalaug.webdataset import index_shards, shard_version
+from dalaug.webdataset import index_shards, rewritten, shard_version
 from dalaug.workers import read_file
 
 # The extensions torchvision's ImageFolder accepts (its IMG_EXTENSIONS), so both see the same files.
@@ -53,7 +53,7 @@ class Samples:
     def changed_shards(self, indices: Iterable[int]) -> list[str]:
         """The shards of samples ``indices`` rewritten since they were indexed (or gone)."""
         shards = {self.paths[i] for i in indices if self.offsets[i] >= 0} & self.versions.keys()
-        return sorted(shard for shard in shards if _version(shard) != self.versions[shard])
+        return sorted(shard for shard in shards if rewritten(shard, self.versions[shard]))
 
     def read(self, index: int) -> np.ndarray:
         """The encoded bytes of sample ``index`` as a uint8 array (shorter if the file shrank)."""
@@ -196,8 +196,8 @@ def webdataset(shards: Sequence[str | Path]) -> Samples:
     Each shard's index is built once and stored (see :mod:`dalaug.webdataset`)."""
     if not shards:
         raise ValueError("source: no WebDataset shards given")
-    versions = {str(shard): shard_version(shard) for shard in shards}
-    indexes = index_shards(shards)
+    versions = [shard_version(shard) for shard in shards]
+    indexes = index_shards(shards, versions)  # indexed as these versions, checked against them later
     labels = np.concatenate([index.labels for index in indexes])
     # One str per shard, referenced by each of its samples: a pointer a sample, no copies.
     paths = chain.from_iterable(
@@ -206,12 +206,7 @@ def webdataset(shards: Sequence[str | Path]) -> Samples:
     return Samples(
         tuple(paths), np.concatenate([index.offsets for index in indexes]),
         np.concatenate([index.sizes for index in indexes]), labels,
-        tuple(str(c) for c in range(int(labels.max()) + 1)), versions=versions,
+        tuple(str(c) for c in range(int(labels.max()) + 1)),
+        versions={str(shard): version for shard, version in zip(shards, versions, strict=True)},
     )  # fmt: skip
 
-
-def _version(shard: str) -> tuple[int, ...] | None:
-    try:
-        return shard_version(shard)
-    except (OSError, ValueError):  # gone, or no longer a file
-        return None

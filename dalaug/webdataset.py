@@ -57,11 +57,15 @@ class ShardIndex(NamedTuple):
     labels: np.ndarray  # int64
 
 
-def index_shards(shards: Sequence[str | os.PathLike]) -> list[ShardIndex]:
+def index_shards(
+    shards: Sequence[str | os.PathLike], versions: Sequence[tuple[int, ...]] | None = None
+) -> list[ShardIndex]:
     """The index of each shard, loaded where one is up to date, else built and stored.
 
     Args:
         shards: ``.tar`` files in the WebDataset layout.
+        versions: each shard's :func:`shard_version` as the caller saw it (default: looked up
+            here); the index is of that version, or the call raises.
 
     Returns:
         One :class:`ShardIndex` per shard, in the order given.
@@ -76,7 +80,7 @@ def index_shards(shards: Sequence[str | os.PathLike]) -> list[ShardIndex]:
     3
     """
     shards = [Path(s) for s in shards]
-    keys = [shard_version(shard) for shard in shards]
+    keys = list(versions) if versions is not None else [shard_version(shard) for shard in shards]
     indexes = [_load(shard, key) for shard, key in zip(shards, keys, strict=True)]
     missing = [i for i, index in enumerate(indexes) if index is None]
     # Ranks that start together begin at different shards, so each mostly finds the others' work
@@ -264,6 +268,16 @@ def shard_version(shard: str | os.PathLike) -> tuple[int, ...]:
     return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
 
 
+def rewritten(shard: str | os.PathLike, version: tuple[int, ...]) -> bool:
+    """Whether ``shard`` is no longer the ``version`` that was indexed: its size, modification time
+    or inode changed, or it is gone (a change of permissions or owner moves only ctime: no rewrite)."""
+    try:
+        size, modified, _, inode = shard_version(shard)
+    except (OSError, ValueError):
+        return True
+    return (size, modified, inode) != (version[0], version[1], version[3])
+
+
 def _header(key: tuple[int, ...], count: int) -> np.ndarray:
     # Inode numbers are unsigned 64-bit: keep their bits in int64.
     values = [_MAGIC, INDEX_VERSION, *key, count]
@@ -297,7 +311,7 @@ def _build_and_store(shard: Path, key: tuple[int, ...]) -> ShardIndex:
         raise ValueError(
             f"source: shard {str(shard)!r} changed while it was indexed; is it still being written?"
         )
-    stored = np.concatenate([_header(key, len(index.labels)), *index])
+    stored = np.concatenate([_header(key, len(index.labels)), index.offsets, index.sizes, index.labels])
     for path in _places(shard):
         if _store(stored, path):
             return index

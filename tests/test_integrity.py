@@ -112,10 +112,13 @@ def test_padding_after_the_end_marker_is_allowed():
 def test_a_trailer_after_the_end_marker_is_allowed_and_a_cut_image_before_one_is_not(progressive):
     # Motion photos append their video after the JPEG's end marker; decoders read the image alone.
     jpeg = _written("RGB", "JPEG", {"progressive": progressive}).tobytes()
-    video = b"\x00\x00\x00\x18ftypmp42" + np.random.default_rng(3).integers(0, 256, 5000, np.uint8).tobytes()
-    assert check_encoded(np.frombuffer(jpeg + video, np.uint8)) is None
-    cut = jpeg[: len(jpeg) // 2] + video  # the image itself lost its end: still truncated
-    assert check_encoded(np.frombuffer(cut, np.uint8)) == "truncated JPEG (no end-of-image marker)"
+    for seed in range(5):  # a megabyte of "video": random bytes hold every marker many times over
+        noise = np.random.default_rng(seed).integers(0, 256, 1 << 20, np.uint8).tobytes()
+        video = b"\x00\x00\x00\x18ftypmp42" + noise
+        assert check_encoded(np.frombuffer(jpeg + video, np.uint8)) is None
+        for cut in (len(jpeg) // 3, len(jpeg) // 2, len(jpeg) - 3):  # the image lost its end: truncated
+            reason = check_encoded(np.frombuffer(jpeg[:cut] + video, np.uint8))
+            assert reason == "truncated JPEG (no end-of-image marker)", (seed, cut)
 
 
 def test_random_bytes_behind_valid_markers_are_caught():

@@ -238,6 +238,28 @@ def test_an_evaluation_epoch_whose_last_batch_goes_bad_ends_one_batch_early(data
     assert len(loader.bad_samples) == 4
 
 
+def test_a_run_resumed_at_an_evaluation_epochs_last_batch_that_went_bad_goes_on(data):
+    loader = dalaug.Loader(data, 8, train=False, crop=CROP, device="cpu", max_bad_fraction=0.1)
+    batches = iter(loader)
+    for _ in range(7):
+        next(batches)
+    state = loader.state_dict()  # at the last batch, which then goes bad
+    for i in range(56, 60):
+        Path(loader.samples.paths[i]).write_bytes(b"junk")
+    resumed = dalaug.Loader(data, 8, train=False, crop=CROP, device="cpu", max_bad_fraction=0.1)
+    resumed.load_state_dict(state)
+    assert run_epoch(resumed) == []  # the epoch had nothing left: it ends (it used to spin forever)
+    assert torch.cat(run_epoch(resumed)).tolist() == list(range(56)) and len(resumed.bad_samples) == 4
+
+
+def test_an_evaluation_rank_whose_every_sample_goes_bad_is_told_so(data):
+    loader = dalaug.Loader(data, 8, train=False, crop=CROP, device="cpu", max_bad_fraction=0.99)
+    for path in loader.samples.paths:
+        Path(path).write_bytes(b"junk")
+    with pytest.raises(ValueError, match="every sample of this rank's share .* turned out bad, e.g."):
+        run_epoch(loader)
+
+
 def test_bad_feed_sharding_and_state_arguments_are_named(photo_folder, tmp_path):
     samples = resolve_source(photo_folder)
     with pytest.raises(ValueError, match="rank"):

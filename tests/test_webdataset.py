@@ -311,3 +311,15 @@ def test_members_named_like_images_that_make_no_sample_are_told(tmp_path):
     assert len(index.offsets) == 2
     with pytest.raises(ValueError, match=r"source: shard .* 'a.000007.jpg': a sample's key ends at the"):
         build_index(write_shard(tmp_path / "dotted.tar", dotted))
+
+
+def test_a_new_owner_or_mode_is_no_rewrite_but_new_bytes_are(tmp_path):
+    shard = write_shard(tmp_path / "a.tar", samples(2))
+    version = webdataset.shard_version(shard)
+    os.chmod(shard, 0o600)  # moves ctime only
+    assert not webdataset.rewritten(shard, version)
+    write_shard(tmp_path / "b.tar", samples(3))
+    os.replace(tmp_path / "b.tar", shard)
+    assert webdataset.rewritten(shard, version)
+    shard.unlink()
+    assert webdataset.rewritten(shard, version)
