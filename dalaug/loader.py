@@ -462,7 +462,9 @@ class Loader:
 
     def with_options(self, **changes: Any) -> Loader:
         """A new loader over the same samples (no rescan), on the same device, with some options
-        changed. The samples this loader left out as bad stay out of the new one.
+        changed. The samples this loader left out as bad stay out of the new one. ``train=False``
+        makes the evaluation loader the constructor makes: no shuffle, every sample, no policy,
+        and no operators unless ``operators=`` says.
 
         Example:
             >>> clean = loader.with_options(policy=None)  # doctest: +SKIP
@@ -615,11 +617,15 @@ def _sharding() -> Sharding:
     ``init_process_group``) from the variables torchrun sets, so that no rank reads every sample."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return Sharding(torch.distributed.get_rank(), torch.distributed.get_world_size())
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        if "RANK" not in os.environ:
-            raise ValueError("distributed: WORLD_SIZE is set but RANK is not (torchrun sets both)")
-        return Sharding(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
-    return Sharding()
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", 1))
+        rank = int(os.environ["RANK"]) if world_size > 1 else 0
+    except (KeyError, ValueError):
+        raise ValueError(
+            f"distributed: WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} and RANK={os.environ.get('RANK')!r} "
+            "are not a rank of a world (torchrun sets both)"
+        ) from None
+    return Sharding(rank, world_size)
 
 
 def _local_world_size(sharding: Sharding) -> int:

@@ -252,3 +252,17 @@ def test_a_loader_built_in_another_thread_stays_on_its_device(photo_folder):
     worker.join()
     images, targets = next(iter(built[0]))
     assert heavy.device == built[0].device == images.device == targets.device == device
+
+
+def test_a_loader_built_before_init_process_group_reads_its_ranks_share(photo_folder, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets them, before the script initializes
+    shares = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        loader = dalaug.Loader(photo_folder, 8, train=False, crop=CROP, device="cpu")
+        assert (loader.sampler.num_replicas, loader.sampler.rank) == (2, rank)
+        shares.append(torch.cat([loader.sample_ids.clone() for _ in loader]).tolist())
+    assert sorted(shares[0] + shares[1]) == list(range(60)) and not set(shares[0]) & set(shares[1])
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(ValueError, match="distributed: WORLD_SIZE='2' and RANK='x'"):
+        dalaug.Loader(photo_folder, 8, train=False, crop=CROP, device="cpu")

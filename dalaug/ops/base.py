@@ -532,7 +532,8 @@ class RandomChoice(BatchOp):
 
     @property
     def mixes(self) -> bool:
-        """Whether any of the operators it picks from mixes samples."""
+        """Whether any of the operators it picks from mixes samples (then timm's switch turns the
+        whole choice off, an erasing it picks from included)."""
         return any(op.mixes for op in self.ops)
 
     def passthrough(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
