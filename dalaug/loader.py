@@ -357,13 +357,12 @@ class Loader:
                     continue
                 entry = self.reader.take()
                 self._report_found()
-            if entry.stale:
+            if entry.stale or entry.position != self.reader.in_stream((self.epoch, self.iteration)):
                 continue
-            if entry.position == (self.epoch, self.iteration):
+            if self.iteration < len(self):
                 break
-            if self.iteration >= len(self) and entry.position == (self.epoch + 1, 0):
-                self._held = (out, entry)  # the reader went on to the next epoch: it opens it
-                return None
+            self._held = (out, entry)  # the epoch shrank while it was read: this batch opens the next
+            return None
         self.sample_ids = torch.from_numpy(entry.ids)
         images, targets = out["images"], out["labels"]
         if self.config.memory_format == torch.channels_last:
@@ -498,9 +497,7 @@ class Loader:
         """
         dali = None
         if self._pipeline is not None:
-            issued, position = self.reader.issued, (self.epoch, self.iteration)
-            if self.iteration >= len(self):  # after an epoch's last batch the stream goes on
-                position = (self.epoch + 1, 0)
+            issued, position = self.reader.issued, self.reader.in_stream((self.epoch, self.iteration))
             if any(entry.stale for entry in issued) or issued and issued[0].position != position:
                 # After a jump (a break, set_epoch) the batches in flight were drawn for positions the
                 # loop left, which a resumed run cannot replay. This run drops them too: both go on

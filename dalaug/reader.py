@@ -128,8 +128,7 @@ class BatchReader:
                     "source: every sample of this rank's share of the data set turned out bad"
                     + (f", e.g. {named[0]}" if named else "") + "; find them all with `dalaug verify`"
                 )
-            if position[1] >= self.feed.num_batches():  # an evaluation epoch shrank (files left out)
-                position = (position[0] + 1, 0)
+            position = self.in_stream(position)
             read = self._reads.pop(position, None) or self._submit(position)
             ids = read.ids
             data, bad = read.batch.result()
@@ -157,9 +156,14 @@ class BatchReader:
             read.cancel()
         self._reads.clear()
 
-    def _after(self, position: Position) -> Position:
+    def in_stream(self, position: Position) -> Position:
+        """``position`` as the stream has it: past an epoch's last batch (an evaluation epoch
+        shrinks when files are left out) comes the next epoch's first."""
         epoch, iteration = position
-        return (epoch, iteration + 1) if iteration + 1 < self.feed.num_batches() else (epoch + 1, 0)
+        return position if iteration < self.feed.num_batches() else (epoch + 1, 0)
+
+    def _after(self, position: Position) -> Position:
+        return self.in_stream((position[0], position[1] + 1))
 
     def _read_ahead(self) -> None:
         position = self.cursor

@@ -185,20 +185,17 @@ def _scan(data: mmap.mmap, shard: Path) -> tuple[list[Member], dict[bytes, int],
             stem, dot, extension = file_name.partition(b".")
             key = folder + b"/" + stem if folder else stem
             extension = extension.lower()
-            if kind in _FILE_TYPES:
-                if extension in IMAGE_EXTENSIONS:
-                    if key in seen:
-                        raise ValueError(
-                            f"source: shard {str(shard)!r} has a second image for sample "
-                            f"{_text(key)!r}: {_text(name)!r}"
-                        )
-                    seen.add(key)
-                    images.append((key, name, start, size))
-                elif dot and extension == LABEL_EXTENSION:
-                    labels[key] = _label(data[start : start + size], shard, name)
-                elif extension.rpartition(b".")[2] in IMAGE_EXTENSIONS:
-                    named_like_images.append((key, name))
-            elif extension.rpartition(b".")[2] in IMAGE_EXTENSIONS:  # a hard or symbolic link
+            if kind in _FILE_TYPES and extension in IMAGE_EXTENSIONS:
+                if key in seen:
+                    raise ValueError(
+                        f"source: shard {str(shard)!r} has a second image for sample "
+                        f"{_text(key)!r}: {_text(name)!r}"
+                    )
+                seen.add(key)
+                images.append((key, name, start, size))
+            elif kind in _FILE_TYPES and dot and extension == LABEL_EXTENSION:
+                labels[key] = _label(data[start : start + size], shard, name)
+            elif extension.rpartition(b".")[2] in IMAGE_EXTENSIONS:  # a key with a dot, or a link
                 named_like_images.append((key, name))
             long_name = pax_name = pax_size = None
         position = following
@@ -311,7 +308,7 @@ def _build_and_store(shard: Path, key: tuple[int, ...]) -> ShardIndex:
         raise ValueError(
             f"source: shard {str(shard)!r} changed while it was indexed; is it still being written?"
         )
-    stored = np.concatenate([_header(key, len(index.labels)), index.offsets, index.sizes, index.labels])
+    stored = np.concatenate([_header(key, len(index.labels)), *index])
     for path in _places(shard):
         if _store(stored, path):
             return index
