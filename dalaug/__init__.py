@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__
     from dalaug import checkpoint
     from dalaug.cifar import convert_cifar
     from dalaug.config import LoaderConfig
+    from dalaug.dropin import DataLoader
     from dalaug.gap import Gap, measure_gap
     from dalaug.loader import IMAGENET_MEAN, IMAGENET_STD, DecodeError, Loader
     from dalaug.ops import (
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__
 _EXPORTS = {
     "dalaug.cifar": ("convert_cifar",),
     "dalaug.config": ("LoaderConfig",),
+    "dalaug.dropin": ("DataLoader",),
     "dalaug.gap": ("Gap", "measure_gap"),
     "dalaug.loader": ("IMAGENET_MEAN", "IMAGENET_STD", "DecodeError", "Loader"),
     "dalaug.ops": ("CutMix", "Cutout", "ManifoldMixup", "Mixup", "RandomChoice", "RandomErasing",
@@ -69,6 +71,7 @@ __all__ = [
     "AutoAugment",
     "CutMix",
     "Cutout",
+    "DataLoader",
     "DecodeError",
     "Fade",
     "Gap",

@@ -51,6 +51,13 @@ def run_operators(
     return images, targets
 
 
+def changes_labels(operators: Iterable[Callable[..., Any]]) -> bool:
+    """Whether the operators give each sample a label other than its own class: one mixes samples
+    (Mixup, CutMix, ...; any callable not dalaug's is taken to) or smooths the labels."""
+    return any(getattr(op, "mixes", True) or getattr(op, "label_smoothing", 0.0)
+               for op in leaf_operators(operators))  # fmt: skip
+
+
 def leaf_operators(operators: Iterable[Callable[..., Any]]) -> Iterator[Callable[..., Any]]:
     """Every operator in ``operators``, a ``RandomChoice`` followed by each of its choices (for
     what needs each one: a Manifold Mixup to attach to the model, a class count to check)."""

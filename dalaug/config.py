@@ -61,6 +61,7 @@ class LoaderConfig:
     max_bad_fraction: float = 0.001
     distributed: bool = True
     lockstep: bool | None = None
+    pad: bool = True
     color_jitter: float = 0.0
 
     def __post_init__(self) -> None:
@@ -71,7 +72,7 @@ class LoaderConfig:
         for name in ("num_threads", "resize"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name))
-        for name in ("train", "shuffle", "drop_last", "flip", "roi_decode", "distributed"):
+        for name in ("train", "shuffle", "drop_last", "flip", "roi_decode", "distributed", "pad"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if self.resize is not None and self.resize < self.crop:
@@ -97,7 +98,7 @@ class LoaderConfig:
         fraction = self.max_bad_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
             raise ValueError(f"max_bad_fraction: expected a fraction in [0, 1), got {fraction!r}")
-        resolve_interpolation(self.interpolation)  # raises naming `interpolation`
+        resolve_interpolation(self.interpolation, random=self.train)  # raises naming `interpolation`
         set_(self, "policy", resolve_policy(self.policy))
         if self.policy is not None and not self.train:
             raise ValueError("policy: an eval loader (train=False) takes no policy")
@@ -138,7 +139,7 @@ class LoaderConfig:
             half=self.dtype == torch.float16,
             channels_last=self.memory_format == torch.channels_last,
             color_jitter=float(self.color_jitter),
-            interpolation=resolve_interpolation(self.interpolation),
+            interpolation=resolve_interpolation(self.interpolation, random=self.train),
             roi_decode=self.roi_decode,
         )
 

@@ -57,12 +57,14 @@ class EpochFeed:
         drop_last: leave out the last partial batch of the shard.
         seed: seeds the permutations; it must agree across ranks.
         sharding: this rank and the number of ranks.
-        lockstep: equal, padded shards (default: for training, ``shuffle or drop_last``).
+        lockstep: equal shards (default: for training, ``shuffle or drop_last``).
+        pad: make lockstep shards equal by wrapping around (True), or by leaving out the last
+            ``len % world_size`` samples of the order (False: a ``DistributedSampler(drop_last=True)``).
     """
 
     def __init__(
         self, samples: Samples, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
-        sharding: Sharding = Sharding(), lockstep: bool | None = None,
+        sharding: Sharding = Sharding(), lockstep: bool | None = None, pad: bool = True,
     ) -> None:  # fmt: skip
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
@@ -79,6 +81,7 @@ class EpochFeed:
         # Training: equal, fixed-length shards. An evaluation loop that reduces across ranks every
         # batch (timm's validate) needs them too, at the price of the padding's duplicates.
         self.lockstep = shuffle or drop_last if lockstep is None else lockstep
+        self.pad = pad
         self.excluded: frozenset[int] = frozenset()
         self._cache: tuple[int, frozenset[int], np.ndarray] | None = None
 
@@ -103,6 +106,7 @@ class EpochFeed:
         rank, world_size = self.sharding.rank, self.sharding.world_size
         per_rank = self.samples_per_rank
         if self.lockstep:
+            # np.resize wraps around to pad, or cuts the order's tail off
             shard = np.resize(order, per_rank * world_size)[rank * per_rank : (rank + 1) * per_rank]
         else:
             shard = np.array_split(order, world_size)[rank]
@@ -123,7 +127,7 @@ class EpochFeed:
         """Samples in this rank's shard (before exclusions; with padding in a training feed)."""
         n, world_size = len(self.samples), self.sharding.world_size
         if self.lockstep:
-            return math.ceil(n / world_size)
+            return math.ceil(n / world_size) if self.pad else n // world_size
         return n // world_size + (self.sharding.rank < n % world_size)
 
     def num_samples(self) -> int:

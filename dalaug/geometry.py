@@ -26,18 +26,25 @@ _INTERPOLATIONS = {
     "lanczos": types.INTERP_LANCZOS3,
 }
 # Filters that have no DALI counterpart: refused rather than silently swapped for another.
-_UNSUPPORTED = {"box", "hamming", "random"}
+_UNSUPPORTED = {"box", "hamming"}
+# timm's "random" (its RandomResizedCropAndInterpolation default): bilinear or bicubic, per image.
+RANDOM_INTERPOLATION = (types.INTERP_LINEAR, types.INTERP_CUBIC)
 
 
-def resolve_interpolation(value: str | Enum | types.DALIInterpType) -> types.DALIInterpType:
+def resolve_interpolation(
+    value: str | Enum | types.DALIInterpType, *, random: bool = False
+) -> types.DALIInterpType | tuple[types.DALIInterpType, ...]:
     """The DALI interpolation type for a name as torchvision's and timm's scripts pass it.
 
     Args:
         value: ``"nearest"``, ``"nearest-exact"``, ``"bilinear"``, ``"bicubic"`` or ``"lanczos"``
-            (any case), a ``torchvision.transforms.InterpolationMode``, or a DALI interp type.
+            (any case), a ``torchvision.transforms.InterpolationMode``, or a DALI interp type;
+            with ``random``, also timm's ``"random"``.
+        random: accept ``"random"``, returned as :data:`RANDOM_INTERPOLATION` (the choices).
 
     Returns:
-        The ``nvidia.dali.types.DALIInterpType`` for ``fn.resize(interp_type=...)``.
+        The ``nvidia.dali.types.DALIInterpType`` for ``fn.resize(interp_type=...)``, or a tuple of
+        them to draw from per image (:func:`interpolation_node`).
 
     Example:
         >>> resolve_interpolation("bicubic") == types.INTERP_CUBIC
@@ -47,6 +54,13 @@ def resolve_interpolation(value: str | Enum | types.DALIInterpType) -> types.DAL
         return value
     # InterpolationMode is a str-valued Enum; its .value is the name torchvision's scripts use.
     name = value.value if isinstance(value, Enum) else value
+    if random and isinstance(name, str) and name.lower() == "random":
+        return RANDOM_INTERPOLATION
+    if isinstance(name, str) and name.lower() == "random":
+        raise ValueError(
+            f"interpolation: {value!r} (timm's bilinear-or-bicubic per image) applies to a training "
+            "loader's crop only"
+        )
     if isinstance(name, str) and name.lower() in _INTERPOLATIONS:
         return _INTERPOLATIONS[name.lower()]
     if isinstance(name, str) and name.lower() in _UNSUPPORTED:
@@ -57,6 +71,14 @@ def resolve_interpolation(value: str | Enum | types.DALIInterpType) -> types.DAL
         f"interpolation: expected one of {sorted(_INTERPOLATIONS)}, a torchvision InterpolationMode "
         f"or a DALI interp type; got {value!r}"
     )
+
+
+def interpolation_node(interp: types.DALIInterpType | tuple[types.DALIInterpType, ...]):
+    """``interp_type`` for a DALI resize: the type itself, or one drawn per image from a tuple."""
+    if not isinstance(interp, tuple):
+        return interp
+    choice = fn.random.choice([int(i) for i in interp])
+    return fn.cast(choice, dtype=types.DALIDataType.INTERP_TYPE)
 
 
 def _round_half_even_half(diff: DataNode) -> DataNode:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from nvidia.dali import fn, pipeline_def, types
 
-from dalaug.geometry import eval_resize_crop
+from dalaug.geometry import eval_resize_crop, interpolation_node
 from dalaug.policies import PolicyLike
 
 # nvJPEG hints from DALI's ResNet-50 example (docs/examples/use_cases/pytorch/resnet50): padding
@@ -47,7 +47,7 @@ class GraphSpec:
     half: bool  # emit float16 from DALI (bf16 is cast in torch: DALI has no bf16)
     channels_last: bool  # emit HWC: viewed as NCHW it is torch's channels_last
     color_jitter: float  # brightness, contrast and saturation factors in [1 - j, 1 + j]
-    interpolation: object  # a DALI interp type for the resize
+    interpolation: object  # a DALI interp type for the resize, or a tuple to draw one from per image
     roi_decode: bool  # decode only the crop window; False: full decode + random_resized_crop
 
 
@@ -102,12 +102,14 @@ def _graph(spec: GraphSpec, source, on_gpu: bool):
                 encoded, output_type=types.RGB, random_area=spec.scale, random_aspect_ratio=spec.ratio,
                 num_attempts=10, **decoder,
             )  # fmt: skip
-            images = fn.resize(images, size=(spec.crop, spec.crop), interp_type=spec.interpolation)
+            interp = interpolation_node(spec.interpolation)
+            images = fn.resize(images, size=(spec.crop, spec.crop), interp_type=interp)
         else:
             images = fn.decoders.image(encoded, output_type=types.RGB, **decoder)
             images = fn.random_resized_crop(
                 images, size=(spec.crop, spec.crop), random_area=spec.scale,
-                random_aspect_ratio=spec.ratio, num_attempts=10, interp_type=spec.interpolation,
+                random_aspect_ratio=spec.ratio, num_attempts=10,
+                interp_type=interpolation_node(spec.interpolation),
             )  # fmt: skip
         if spec.color_jitter:
             # torchvision's ColorJitter(j, j, j): each factor uniform in [1 - j, 1 + j]; DALI

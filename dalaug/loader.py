@@ -37,7 +37,7 @@ import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from dalaug.compose import apply_operators
+from dalaug.compose import apply_operators, changes_labels, leaf_operators
 from dalaug.config import IMAGENET_MEAN, IMAGENET_STD, LoaderConfig, check_used
 from dalaug.feed import EpochFeed, Sharding
 from dalaug.graphs import build_pipeline
@@ -45,20 +45,32 @@ from dalaug.ops import BatchOp
 from dalaug.policies import PolicyLike
 from dalaug.reader import BatchReader
 from dalaug.sources import Samples, resolve_source
+from dalaug.translation import (
+    MIXING,
+    dataset_samples,
+    dataset_transform,
+    translate_operators,
+    translate_sampler,
+    translate_transform,
+)
 from dalaug.verification import decode_failures
-from dalaug.views import DatasetView, SamplerView
+from dalaug.views import BatchSamplerView, DatasetView, SamplerView
 
 log = logging.getLogger("dalaug")
 
 STATE_VERSION = 2
-# DataLoader arguments that have no meaning here: a clear error says what to use instead.
+# DataLoader arguments that have no meaning here, with their defaults (which a script may pass
+# explicitly): another value is refused with what to use instead.
 UNSUPPORTED = {
-    "collate_fn": "batch operators go in operators=[...] (they run on the device, as a collate_fn would)",
-    "sampler": "the loader shards and shuffles itself (shuffle=, seed=, set_epoch)",
-    "batch_sampler": "the loader batches itself (batch_size=, drop_last=)",
-    "worker_init_fn": "DALI threads need no initialization",
-    "generator": "seed= seeds the order and the augmentation",
-    "timeout": "no worker processes to wait for",
+    "collate_fn": (None, "batch operators go in operators=[...] (torchvision's MixUp / CutMix, timm's "
+                   "Mixup or dalaug's: they run on the device, as a collate_fn would)"),
+    "batch_sampler": (None, "the loader batches itself (batch_size=, drop_last=)"),
+    "worker_init_fn": (None, "DALI threads need no initialization"),
+    "generator": (None, "seed= seeds the order and the augmentation"),
+    "timeout": (0, "no worker processes to wait for"),
+    "multiprocessing_context": (None, "no worker processes are started"),
+    "in_order": (True, "batches come in order"),
+    "pin_memory_device": ("", "batches arrive on the loader's device"),
 }
 # A DALI error that is not about one sample's bytes: re-raised at once, never "recovered" from.
 NOT_A_DECODE_FAILURE = re.compile(r"out of memory|cudaError|CUDA error|bad_alloc|allocat", re.I)
@@ -145,51 +157,65 @@ class Loader:
         train: bool | None = None,
         shuffle: bool | None = None,
         drop_last: bool | None = None,
+        sampler: Any = None,
         policy: str | PolicyLike | None = None,
         device: str | torch.device | None = None,
-        operators: BatchOp | Sequence[BatchOp] | None = None,
+        operators: Any = None,
         num_workers: int | None = None,
         prefetch_factor: int | None = None,
         pin_memory: bool = False,
         persistent_workers: bool = False,
         **options: Any,
     ) -> None:
-        for name, advice in UNSUPPORTED.items():
-            if name in options:
+        collate_fn = options.get("collate_fn")
+        if type(collate_fn) in MIXING and operators is None:  # timm's FastCollateMixup: mixing, here too
+            operators = options.pop("collate_fn")
+        for name, (default, advice) in UNSUPPORTED.items():
+            if name in options and options.pop(name) != default:
                 raise TypeError(f"{name}: not a dalaug.Loader argument; {advice}")
         unknown = sorted(options.keys() - {field.name for field in dataclasses.fields(LoaderConfig)})
         if unknown:
             raise TypeError(f"{', '.join(unknown)}: not a dalaug.Loader argument (see help(dalaug.Loader))")
-        if train is None:
-            if shuffle is None:
-                raise ValueError(
-                    "train: say train=True (random crop, flip, policy, shuffle, drop the last "
-                    "partial batch) or train=False (resize + centre crop, every sample once)"
-                )
-            train = shuffle
         options = _with_dataloader_names(options, num_workers=num_workers, prefetch_factor=prefetch_factor)
-        check_used(train, options)
-        config = LoaderConfig(
-            batch_size=batch_size,
-            train=train,
-            shuffle=train if shuffle is None else shuffle,
-            drop_last=train if drop_last is None else drop_last,
-            policy=policy,
-            device=device,
-            **options,
-        )
-        self._setup(resolve_source(source), config, operators)
+        if policy is not None:
+            options["policy"] = policy
+        dataset = source if isinstance(source, torch.utils.data.Dataset) else None
+        samples = dataset_samples(dataset) if dataset is not None else resolve_source(source)
+        sharding = None
+        if sampler is not None:
+            if shuffle:
+                raise ValueError("sampler: give sampler or shuffle=True, not both (as DataLoader)")
+            given = translate_sampler(sampler, len(samples))
+            shuffle, sharding = given.pop("shuffle"), given.pop("sharding", None)
+            options = _merge("sampler", options, given)
+        elif dataset is not None and "distributed" not in options:
+            options["distributed"] = False  # as a DataLoader: a DistributedSampler shards, nothing else
+        # What the user said, kept to read the dataset's transform again each epoch (_follow_transform).
+        self._given = dict(options, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, train=train)
+        self._user_operators = translate_operators(operators)
+        config, transform_operators = _configure(dataset, self._given)
+        self._setup(samples, config, [*transform_operators, *self._user_operators], dataset=dataset,
+                    sampler=sampler, sharding=None if sharding is None else Sharding(*sharding))  # fmt: skip
+        if dataset is not None and sharding is None and not config.distributed and config.shuffle:
+            _warn_unsharded()
 
-    def _setup(self, samples: Samples, config: LoaderConfig, operators) -> None:
+    def _setup(
+        self, samples: Samples, config: LoaderConfig, operators, *, dataset=None, sampler=None, sharding=None
+    ) -> None:  # fmt: skip
         self.samples = samples
         self.config = config
-        self.operators = _check_operators(operators)
         self.classes: list[str] = list(samples.classes)
+        self.operators = _check_operators(operators, len(self.classes))
+        self._num_classes = _target_classes(self.operators, len(self.classes))
         self.device: torch.device = config.device
-        sharding = _sharding() if config.distributed else Sharding()
+        self._dataset = dataset  # the user's dataset object, if one was the source
+        self._sampler = sampler  # the user's sampler, if given: its set_epoch moves the order
+        self._sharding_given = sharding  # from that sampler
+        if sharding is None:
+            sharding = _sharding() if config.distributed else Sharding()
         self.feed = EpochFeed(
             samples, config.batch_size, shuffle=config.shuffle, drop_last=config.drop_last,
-            seed=config.seed, sharding=sharding, lockstep=config.lockstep,
+            seed=config.seed, sharding=sharding, lockstep=config.lockstep, pad=config.pad,
         )  # fmt: skip
         if self.feed.num_batches() == 0:
             raise ValueError(
@@ -207,6 +233,8 @@ class Loader:
         self._pipeline: DALIGenericIterator | None = None
         self._generation = 0  # pipelines built so far; each gets its own seed
         self._built_in = os.getpid()  # the process whose DALI threads run the pipeline
+        # None: a with_config copy, which follows no transform (its options were set explicitly)
+        self._given: dict | None = getattr(self, "_given", None)
         self._retried: tuple[int, int] | None = None  # where an unexplained failure was retried
         self._iterating: object | None = None  # the token of the iterator serving now, if any
         self._held: tuple | None = None  # a batch taken out early: the next epoch's first
@@ -242,14 +270,22 @@ class Loader:
         return self.device.type == "cuda"
 
     @property
-    def dataset(self) -> DatasetView:
-        """The data set as torchvision's ImageFolder shows it: length, classes, samples, targets."""
-        return DatasetView(self.samples)
+    def dataset(self):
+        """The dataset given as the source, the user's own object (``Subset(loader.dataset, ...)``
+        and ``dataset[i]`` work as they did); for a folder, shards or pairs, the data set as
+        torchvision's ImageFolder shows it: length, classes, samples, targets."""
+        return self._dataset if self._dataset is not None else DatasetView(self.samples)
 
     @property
-    def sampler(self) -> SamplerView:
-        """This rank's shard, as a DistributedSampler: ``len``, ``set_epoch``, ``num_replicas``, ``rank``."""
-        return SamplerView(self)
+    def sampler(self):
+        """The sampler given (as a DataLoader keeps it); else this rank's shard, as a
+        DistributedSampler: ``len``, ``set_epoch``, ``num_replicas``, ``rank``."""
+        return self._sampler if self._sampler is not None else SamplerView(self)
+
+    @property
+    def batch_sampler(self) -> BatchSamplerView:
+        """This rank's batches of sample ids, as a BatchSampler; its ``sampler`` is :attr:`sampler`."""
+        return BatchSamplerView(self)
 
     @property
     def mixup_enabled(self) -> bool:
@@ -287,6 +323,11 @@ class Loader:
         asked again, so that no batch goes to two iterators and no epoch is skipped.
         """
         self._end_iteration()
+        epoch = getattr(self._sampler, "epoch", None)  # a DistributedSampler's set_epoch, as a DataLoader
+        if isinstance(epoch, int) and epoch != self.epoch:
+            self.set_epoch(epoch)
+        if self.iteration == 0:
+            self._follow_transform()
         token = self._iterating = object()
         try:
             while self.iteration < len(self):
@@ -303,6 +344,26 @@ class Loader:
         finally:
             if self._iterating is token:
                 self._end_iteration()
+
+    def _follow_transform(self) -> None:
+        """A transform assigned to (or changed in) ``loader.dataset`` takes effect at the next epoch:
+        scripts switch augmentation this way (a final phase, three-augment)."""
+        if self._dataset is None or self._given is None:
+            return
+        config, transform_operators = _configure(self._dataset, self._given)
+        operators = [*transform_operators, *self._user_operators]
+        if config == self.config and repr(operators) == repr(self.operators):
+            return
+        if config.train != self.config.train:
+            raise ValueError(
+                "dataset.transform: changed from a training to an evaluation transform (or back) after the "
+                "loader was built; build another loader for it"
+            )
+        log.info("dataset.transform changed: epoch %d reads with %s", self.epoch, config)
+        self.close()
+        self.config = config
+        self.operators = _check_operators(operators, len(self.classes))
+        self._num_classes = _target_classes(self.operators, len(self.classes))
 
     def _end_iteration(self) -> None:
         """The epoch being iterated, if any, counts as served (run through or broken off)."""
@@ -370,9 +431,12 @@ class Loader:
         if self.config.dtype == torch.bfloat16:
             images = images.to(torch.bfloat16)  # DALI has no bfloat16
         if self.operators:
-            images, targets = apply_operators(
-                self.operators, images, targets, num_classes=len(self.classes), generator=self.generator
+            mixed, soft = apply_operators(
+                self.operators, images, targets, num_classes=self._num_classes, generator=self.generator
             )
+            # Targets turn soft only when an operator mixes labels (or smooths them): erasing alone
+            # keeps the class indices a script's loss expects.
+            images, targets = (mixed, soft) if changes_labels(self.operators) else (mixed, targets)
         return images, targets
 
     def _build(self, checkpoint: str | None = None) -> None:
@@ -480,7 +544,8 @@ class Loader:
     def with_config(self, config: LoaderConfig, operators: Sequence[BatchOp] | None = None) -> Loader:
         """A new loader over the same samples with the configuration ``config`` (see ``with_options``)."""
         loader = Loader.__new__(Loader)
-        loader._setup(self.samples, config, operators)
+        loader._setup(self.samples, config, operators, dataset=self._dataset, sampler=self._sampler,
+                      sharding=self._sharding_given)  # fmt: skip
         loader.feed.exclude(self.feed.excluded)
         loader.bad_samples.update(self.bad_samples)
         return loader
@@ -594,14 +659,79 @@ def _with_dataloader_names(options: dict, num_workers: int | None, prefetch_fact
     return options
 
 
-def _check_operators(operators) -> list[BatchOp]:
-    if operators is None:
-        return []
-    if isinstance(operators, BatchOp):
-        return [operators]
-    if isinstance(operators, Sequence) and all(isinstance(op, BatchOp) for op in operators):
-        return list(operators)
-    raise TypeError(f"operators: expected a batch operator or a list of them, got {operators!r}")
+def _configure(dataset: Any, given: dict) -> tuple[LoaderConfig, list[BatchOp]]:
+    """The configuration from the options the user ``given`` and, for a dataset whose transform is
+    set, what the transform says (the two may not disagree); and the operators the transform means."""
+    options = dict(given)
+    train, shuffle, drop_last = options.pop("train"), options.pop("shuffle"), options.pop("drop_last")
+    batch_size = options.pop("batch_size")
+    operators: list[BatchOp] = []
+    transform = dataset_transform(dataset) if dataset is not None else None
+    if transform is not None:
+        translation = translate_transform(transform)
+        if train is not None and train != translation.train:
+            kind = "a training (RandomResizedCrop)" if translation.train else "an evaluation (Resize)"
+            raise ValueError(f"train: {train}, but dataset.transform is {kind} transform")
+        train = translation.train
+        options = _merge("dataset.transform", options, translation.options)
+        operators = translation.operators
+    if train is None:
+        if shuffle is None:
+            raise ValueError(
+                "train: say train=True (random crop, flip, policy, shuffle, drop the last "
+                "partial batch) or train=False (resize + centre crop, every sample once)"
+            )
+        train = shuffle
+    check_used(train, options)
+    config = LoaderConfig(
+        batch_size=batch_size, train=train, shuffle=train if shuffle is None else shuffle,
+        drop_last=train if drop_last is None else drop_last, **options,
+    )  # fmt: skip
+    return config, operators
+
+
+def _merge(source: str, options: dict, implied: dict) -> dict:
+    """``options`` with those ``source`` implies; an option both set differently is refused."""
+    for name, value in implied.items():
+        if name in options and options[name] != value:
+            raise ValueError(f"{name}: {options[name]!r} given, but the {source} says {value!r}")
+    return {**options, **implied}
+
+
+def _warn_unsharded() -> None:
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world_size = torch.distributed.get_world_size()
+    if world_size > 1:
+        log.warning(
+            "every one of the %d ranks reads every sample of this dataset, as a DataLoader without a "
+            "DistributedSampler does; give sampler=DistributedSampler(dataset) (or distributed=True) "
+            "for each rank's share", world_size,
+        )  # fmt: skip
+
+
+def _check_operators(operators, num_classes: int) -> list[BatchOp]:
+    """The operators as a list, each one's ``num_classes`` (if set) checked against the data set's
+    (more classes is fine: a 1000-way head on a subset)."""
+    operators = translate_operators(operators)
+    for op in leaf_operators(operators):
+        declared = getattr(op, "num_classes", None)
+        if declared is not None and declared < num_classes:
+            raise ValueError(
+                f"operators: {op!r} has num_classes={declared}, but the data set has {num_classes} classes"
+            )
+    return operators
+
+
+def _target_classes(operators: Sequence[BatchOp], num_classes: int) -> int:
+    """The width of the soft targets: the operators' ``num_classes`` where they say it, else the
+    data set's classes."""
+    declared = {op.num_classes for op in leaf_operators(operators) if getattr(op, "num_classes", None)}
+    if len(declared) > 1:
+        raise ValueError(
+            f"operators: their num_classes differ ({sorted(declared)}); the soft targets have one width"
+        )
+    return declared.pop() if declared else num_classes
 
 
 def _on(device: torch.device):

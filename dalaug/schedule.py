@@ -36,7 +36,7 @@ from nvidia.dali.backend import ReleaseUnusedMemory
 from dalaug.compose import apply_operators
 from dalaug.config import LoaderConfig
 from dalaug.policies import PolicyLike, resolve_policy
-from dalaug.views import SamplerView
+from dalaug.views import BatchSamplerView, SamplerView
 
 if TYPE_CHECKING:
     from dalaug.loader import Loader
@@ -663,6 +663,10 @@ class PhasedLoader:
     @property
     def sampler(self) -> SamplerView:
         return SamplerView(self.loader, owner=self)
+
+    @property
+    def batch_sampler(self) -> BatchSamplerView:
+        return BatchSamplerView(self.loader, owner=self)
 
     def __getattr__(self, name: str):
         # The DataLoader surface (dataset, batch_size, drop_last, classes, device, ...) is the

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from torch.utils.data import RandomSampler, SequentialSampler
+
 from dalaug.sources import Samples
 
 if TYPE_CHECKING:
@@ -57,7 +59,20 @@ class DatasetView:
 
 class SamplerView:
     """This rank's shard as a ``DistributedSampler`` shows it; ``set_epoch`` moves ``owner``
-    (the loader, or the phased loader of a Schedule that holds it)."""
+    (the loader, or the phased loader of a Schedule that holds it).
+
+    ``SamplerView(loader)`` is a :class:`ShuffledSamplerView` (a ``RandomSampler``) when the loader
+    shuffles and a :class:`SequentialSamplerView` (a ``SequentialSampler``) when it does not: code
+    that asks ``isinstance(loader.sampler, RandomSampler)`` to tell a shuffled loader from an
+    evaluation one (Lightning's ``_is_dataloader_shuffled`` and its ``overfit_batches`` check) gets
+    the truth. Nothing of those classes runs: length, order and epoch are the loader's.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        if cls is SamplerView:  # the kind follows the loader's order
+            loader = args[0] if args else kwargs["loader"]
+            cls = ShuffledSamplerView if loader.feed.shuffle else SequentialSamplerView
+        return object.__new__(cls)
 
     def __init__(self, loader: Loader, owner=None) -> None:
         self._loader = loader
@@ -69,6 +84,16 @@ class SamplerView:
 
     def __iter__(self):
         return iter(self._loader.feed.shard(self._loader.epoch).tolist())
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank reads per epoch (DistributedSampler's and RandomSampler's name)."""
+        return len(self)
+
+    @property
+    def data_source(self):
+        """The whole data set (torch samplers' name for it): the loader's ``dataset``."""
+        return self._loader.dataset
 
     @property
     def num_replicas(self) -> int:
@@ -88,3 +113,42 @@ class SamplerView:
 
     def set_epoch(self, epoch: int) -> None:
         self._owner.set_epoch(epoch)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({len(self)} samples of rank {self.rank} of {self.num_replicas}, "
+                f"epoch {self.epoch})")  # fmt: skip
+
+
+class ShuffledSamplerView(SamplerView, RandomSampler):
+    """The :class:`SamplerView` of a shuffling loader: a new order of its shard every epoch."""
+
+    replacement = False  # RandomSampler's attributes, for code that reads them
+    generator = None  # the order is the loader's: a function of its seed and the epoch
+
+
+class SequentialSamplerView(SamplerView, SequentialSampler):
+    """The :class:`SamplerView` of a loader that does not shuffle: its shard in the data set's order."""
+
+
+class BatchSamplerView:
+    """This rank's batches as a ``BatchSampler`` shows them: each a list of sample ids of the epoch
+    served next; ``sampler`` is the :class:`SamplerView` (timm's and Lightning's code read both)."""
+
+    def __init__(self, loader: Loader, owner=None) -> None:
+        self._loader = loader
+        self.sampler = SamplerView(loader, owner)
+
+    @property
+    def batch_size(self) -> int:
+        return self._loader.batch_size
+
+    @property
+    def drop_last(self) -> bool:
+        return self._loader.drop_last
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self):
+        feed, epoch = self._loader.feed, self._loader.epoch
+        return (feed.batch_ids(epoch, i).tolist() for i in range(feed.num_batches()))

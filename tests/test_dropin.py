@@ -48,10 +48,17 @@ def test_the_repr_shows_what_the_loader_does(photo_folder):
     assert "train=True" in repr(mixing) and repr(mixing).endswith(f"operators=[{dalaug.Mixup(0.2)!r}])")
 
 
-@pytest.mark.parametrize("name", ["collate_fn", "sampler", "batch_sampler", "worker_init_fn", "cropsize"])
+@pytest.mark.parametrize("name", ["collate_fn", "batch_sampler", "worker_init_fn", "timeout", "cropsize"])
 def test_dataloader_arguments_without_a_meaning_here_say_what_to_use(photo_folder, name):
     with pytest.raises(TypeError, match=f"{name}: not a dalaug.Loader argument"):
-        dalaug.Loader(photo_folder, 8, train=True, device="cpu", **{name: None})
+        dalaug.Loader(photo_folder, 8, train=True, device="cpu", **{name: print})
+
+
+def test_dataloader_arguments_at_their_defaults_are_accepted(photo_folder):
+    # Scripts pass DataLoader's defaults explicitly (torchvision's references: collate_fn=None).
+    loader = dalaug.Loader(photo_folder, 8, train=True, device="cpu", collate_fn=None, sampler=None,
+                           batch_sampler=None, worker_init_fn=None, generator=None, timeout=0)  # fmt: skip
+    assert len(loader) == 7
 
 
 def test_dataloader_names_cannot_contradict_ours(photo_folder):

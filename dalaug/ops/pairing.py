@@ -1,7 +1,8 @@
 """Who mixes with whom: partner indices drawn on the host, and the partners' pixels on the device.
 
 The default pairing is the mirror, sample i with N - 1 - i (timm's ``x.flip(0)``): the partners'
-batch is one ``flip``, with no index to ship. "permute" draws a random permutation on the host.
+batch is one ``flip``, with no index to ship. "permute" draws a random permutation on the host;
+"roll" pairs sample i with i - 1 (torchvision v2's ``MixUp`` and ``CutMix``: ``batch.roll(1, 0)``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from torch import Tensor
 
 from dalaug.ops.sampling import to_device
 
-Partner = Literal["flip", "permute"]
+Partner = Literal["flip", "permute", "roll"]
 
 
 def check_partner(partner: object) -> Partner:
-    """Return ``partner`` if it is "flip" or "permute", else raise naming it."""
-    if partner not in ("flip", "permute"):
-        raise ValueError(f"partner must be 'flip' or 'permute', got {partner!r}")
+    """Return ``partner`` if it is "flip", "permute" or "roll", else raise naming it."""
+    if partner not in ("flip", "permute", "roll"):
+        raise ValueError(f"partner must be 'flip', 'permute' or 'roll', got {partner!r}")
     return partner  # type: ignore[return-value]
 
 
@@ -30,6 +31,8 @@ def draw_partner(batch: int, mode: Partner, rng: np.random.Generator) -> np.ndar
     """int64 (B,) index of the image each sample is mixed with: its mirror, or a permutation."""
     if mode == "flip":
         return np.arange(batch - 1, -1, -1, dtype=np.int64)
+    if mode == "roll":
+        return np.roll(np.arange(batch, dtype=np.int64), 1)
     return rng.permutation(batch).astype(np.int64)
 
 
