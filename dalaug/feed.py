@@ -83,6 +83,8 @@ class EpochFeed:
         self.lockstep = shuffle or drop_last if lockstep is None else lockstep
         self.pad = pad
         self.excluded: frozenset[int] = frozenset()
+        # An epoch resumed under another world size: (epoch, ids the old ranks had delivered).
+        self.resumed: tuple[int, np.ndarray] | None = None
         self._cache: tuple[int, frozenset[int], np.ndarray] | None = None
 
     def exclude(self, ids: Iterable[int]) -> None:
@@ -98,11 +100,11 @@ class EpochFeed:
         cached = self._cache
         if cached is not None and cached[0] == epoch and cached[1] is self.excluded:
             return cached[2]
-        n = len(self.samples)
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(n)
-        else:
-            order = np.arange(n)
+        order = self.order(epoch)
+        if self.resumed is not None and self.resumed[0] == epoch:
+            shard = self._rest(order, self.resumed[1])
+            self._cache = (epoch, self.excluded, shard)
+            return shard
         rank, world_size = self.sharding.rank, self.sharding.world_size
         per_rank = self.samples_per_rank
         if self.lockstep:
@@ -121,6 +123,63 @@ class EpochFeed:
                 shard = np.resize(shard, per_rank)
         self._cache = (epoch, self.excluded, shard)
         return shard
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's order of the whole data set, before sharding: a function of (seed, epoch)."""
+        n = len(self.samples)
+        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+
+    def delivered(self, epoch: int, iteration: int) -> np.ndarray:
+        """The ids every rank had read when each stood at batch ``iteration`` of ``epoch`` (lockstep
+        ranks stand at the same batch), computed for this feed's world size."""
+        ranks = [self._as_rank(rank) for rank in range(self.sharding.world_size)]
+        read = [feed.shard(epoch)[: iteration * self.batch_size] for feed in ranks]
+        return np.unique(np.concatenate(read)) if read else np.zeros(0, np.int64)
+
+    def _as_rank(self, rank: int) -> EpochFeed:
+        feed = EpochFeed(
+            self.samples, self.batch_size, shuffle=self.shuffle, drop_last=self.drop_last, seed=self.seed,
+            sharding=Sharding(rank, self.sharding.world_size), lockstep=self.lockstep, pad=self.pad,
+        )  # fmt: skip
+        feed.excluded, feed.resumed = self.excluded, self.resumed
+        return feed
+
+    def resume_elsewhere(self, epoch: int, delivered: np.ndarray) -> int:
+        """Serve the rest of ``epoch`` on this feed's ranks after the ranks of another world size
+        read the ids ``delivered``: each remaining sample once across the ranks (the shares padded
+        to equal length, as a lockstep epoch is). Returns the batch this rank goes on at: the epoch
+        keeps its length in batches, so LR schedules that count ``len(loader)`` hold."""
+        if not self.lockstep:
+            raise ValueError("resume_elsewhere: an evaluation feed (no lockstep) restarts its epoch instead")
+        self.resumed = (epoch, np.asarray(delivered, np.int64))
+        self._cache = None
+        return self.num_batches() - self._rest_batches(len(self._remaining(epoch)))
+
+    def _remaining(self, epoch: int) -> np.ndarray:
+        order = self.order(epoch)
+        gone = np.union1d(self.resumed[1], np.fromiter(self.excluded, np.int64, len(self.excluded)))
+        return order[~np.isin(order, gone)]
+
+    def _rest_batches(self, remaining: int) -> int:
+        """Batches of each rank's share of ``remaining`` samples (a share shorter than a batch that
+        drop_last would drop is padded to one batch: no sample is lost to the resume)."""
+        share = math.ceil(remaining / self.sharding.world_size)
+        rest = share // self.batch_size if self.drop_last else math.ceil(share / self.batch_size)
+        return min(max(rest, 1 if remaining else 0), self.num_batches())
+
+    def _rest(self, order: np.ndarray, delivered: np.ndarray) -> np.ndarray:
+        """The resumed epoch's shard: placeholders for the batches read before (the ids read then),
+        then this rank's share of the ids not read."""
+        remaining = self._remaining(self.resumed[0])
+        rank, world_size = self.sharding.rank, self.sharding.world_size
+        per_rank = math.ceil(len(remaining) / world_size)  # lockstep: padded to equal shares
+        share = np.resize(remaining, per_rank * world_size)[rank * per_rank : (rank + 1) * per_rank]
+        rest = self._rest_batches(len(remaining))
+        if self.drop_last and len(share):
+            share = np.resize(share, rest * self.batch_size)  # whole batches: wrapped or cut
+        front = (self.num_batches() - rest) * self.batch_size
+        filler = np.resize(delivered if len(delivered) else order, front)
+        return np.concatenate([filler, share]).astype(np.int64)
 
     @property
     def samples_per_rank(self) -> int:
@@ -151,9 +210,13 @@ class EpochFeed:
         return self.shard(epoch)[iteration * self.batch_size : (iteration + 1) * self.batch_size]
 
     def state_dict(self) -> dict:
-        """The samples left out."""
-        return {"excluded": sorted(self.excluded)}
+        """The samples left out, and an epoch resumed under another world size."""
+        resumed = self.resumed and {"epoch": self.resumed[0], "delivered": self.resumed[1].tolist()}
+        return {"excluded": sorted(self.excluded), "resumed": resumed}
 
     def load_state_dict(self, state: dict) -> None:
         self.excluded = frozenset()
         self.exclude(state["excluded"])
+        resumed = state.get("resumed")
+        self.resumed = resumed and (int(resumed["epoch"]), np.asarray(resumed["delivered"], np.int64))
+        self._cache = None

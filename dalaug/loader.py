@@ -589,19 +589,36 @@ class Loader:
         """Resume from :meth:`state_dict`: the next ``for`` serves the rest of the saved epoch,
         the same batches (ids and, on the CPU, pixels) as the run that saved it.
 
+        Under another number of ranks (an elastic or resubmitted job), give any rank's state: the
+        samples the saved epoch had not delivered on any rank are shared out among this run's ranks,
+        each served once, and later epochs are sharded for this world size. The augmentation drawn
+        after such a resume is new (DALI's random state belongs to the old ranks); a training
+        loader's epoch keeps its length in batches, its first batches counted as served.
+
         Raises:
-            ValueError: ``state`` is not a loader state, or was saved by a loader over another data
-                set, number of ranks, or configuration (crop, policy, flip, seed, batch size, ...).
+            ValueError: ``state`` is not a loader state, was saved by a loader over another data
+                set or with another configuration (crop, policy, flip, seed, batch size, ...), or
+                by another rank of the same number of ranks (each rank resumes its own state).
         """
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ValueError(f"state: expected a dict from Loader.state_dict() (version {STATE_VERSION})")
-        for key, mine in (("num_samples", len(self.samples)), ("world_size", self.feed.sharding.world_size)):
-            if state[key] != mine:
-                raise ValueError(f"state: saved with {key}={state[key]!r}, this loader has {key}={mine!r}")
+        if state["num_samples"] != len(self.samples):
+            raise ValueError(f"state: saved with num_samples={state['num_samples']!r}, this loader has "
+                             f"num_samples={len(self.samples)!r}")  # fmt: skip
         if state["config"] != self.config.identity():
             raise ValueError(
                 "state: saved by a loader with another configuration; saved "
                 f"{state['config']}, this loader has {self.config.identity()}"
+            )
+        sharding = self.feed.sharding
+        if state["world_size"] != sharding.world_size:
+            self._resume_elsewhere(state)
+            return
+        if state["rank"] != sharding.rank:
+            raise ValueError(
+                f"state: saved by rank {state['rank']}, this is rank {sharding.rank} of the same "
+                f"{sharding.world_size}: each rank resumes its own state (it holds that rank's "
+                "augmentation draws)"
             )
         self.close()
         self._iterating = None  # an iterator still alive serves no more: the saved position rules
@@ -612,6 +629,35 @@ class Loader:
         self.generator.set_state(state["generator"])
         if state["dali"] is not None:
             self._build(checkpoint=state["dali"])
+
+    def _resume_elsewhere(self, state: dict) -> None:
+        """Resume a state saved under another world size (see :meth:`load_state_dict`)."""
+        self.close()
+        self._iterating = None
+        feed = self.feed
+        saved = EpochFeed(
+            self.samples, feed.batch_size, shuffle=feed.shuffle, drop_last=feed.drop_last, seed=feed.seed,
+            sharding=Sharding(0, state["world_size"]), lockstep=feed.lockstep, pad=feed.pad,
+        )  # fmt: skip
+        saved.load_state_dict(state["feed"])
+        self.feed.exclude(saved.excluded)
+        self.bad_samples = dict(state["bad_samples"])
+        self._generation = int(state["generation"]) + 1  # new draws: DALI's state was the old ranks'
+        rank = self.feed.sharding.rank
+        self.generator.manual_seed((self.config.seed * 1009 + rank + 7919 * self._generation) % 2**64)
+        epoch, iteration = int(state["epoch"]), int(state["iteration"])
+        if iteration == 0 or not self.feed.lockstep:
+            # At an epoch boundary nothing is owed; an evaluation epoch (ranks at different batches,
+            # no lockstep) starts again.
+            self.epoch, self.iteration = epoch, 0
+        else:
+            delivered = saved.delivered(epoch, iteration)
+            self.epoch, self.iteration = epoch, self.feed.resume_elsewhere(epoch, delivered)
+        log.warning(
+            "resumed a loader state saved on %d rank(s) on %d: epoch %d goes on at batch %d of %d with "
+            "the samples not yet delivered; its augmentation draws are new", state["world_size"],
+            self.feed.sharding.world_size, self.epoch, self.iteration, len(self),
+        )  # fmt: skip
 
     def write_report(self, path: str | os.PathLike) -> Path:
         """Write the bad samples left out so far, and each recovery, as JSON (atomically)."""

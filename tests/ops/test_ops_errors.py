@@ -30,7 +30,7 @@ from dalaug.ops import (
         (lambda: Mixup(label_smoothing=1.0), ValueError, r"label_smoothing must lie in \[0, 1\)"),
         (lambda: Mixup(num_classes=0), ValueError, "num_classes must be >= 1"),
         (lambda: Mixup(num_classes=2.0), TypeError, "num_classes must be an int"),
-        (lambda: Mixup(partner="roll"), ValueError, "partner must be 'flip' or 'permute'"),
+        (lambda: Mixup(partner="ring"), ValueError, "partner must be 'flip', 'permute' or 'roll'"),
         (lambda: Mixup(inplace=1), TypeError, "inplace must be a bool"),
         (lambda: Mixup(per_sample="no"), TypeError, "per_sample must be a bool"),
         (lambda: CutMix(per_sample=0), TypeError, "per_sample must be a bool"),

@@ -1,0 +1,83 @@
+"""A loader state resumed under another number of ranks: every sample of the epoch once, across both runs."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+import dalaug
+
+CROP = 16
+BATCH = 4
+
+
+def _loaders(folder, world_size, monkeypatch):
+    """One loader per rank of ``world_size``, as each rank of torchrun builds it (RANK / WORLD_SIZE)."""
+    loaders = []
+    for rank in range(world_size):
+        monkeypatch.setenv("WORLD_SIZE", str(world_size))
+        monkeypatch.setenv("RANK", str(rank))
+        loaders.append(dalaug.Loader(folder, BATCH, train=True, drop_last=False, crop=CROP, device="cpu",
+                                     io_workers=0, num_threads=1))  # fmt: skip
+    return loaders
+
+
+def _read(loaders, batches=None, alive=None):
+    """The ids the ranks read: ``batches`` batches each (None: to the epoch's end). The iterators
+    stay in ``alive`` so that a state taken afterwards is mid-epoch (a dropped one ends its epoch)."""
+    ids = []
+    for loader in loaders:
+        iterator = iter(loader)
+        for _ in iterator if batches is None else (next(iterator) for _ in range(batches)):
+            ids += loader.sample_ids.tolist()
+        if alive is not None:
+            alive.append(iterator)
+    return ids
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 3), (3, 2), (4, 1)])
+def test_a_mid_epoch_state_resumes_on_another_world_size_each_sample_once(photo_folder, monkeypatch, before,
+                                                                         after):  # fmt: skip
+    old, alive = _loaders(photo_folder, before, monkeypatch), []
+    first = _read(old, batches=2, alive=alive)
+    state = old[0].state_dict()
+    for loader in old:
+        loader.close()
+    new = _loaders(photo_folder, after, monkeypatch)
+    for loader in new:
+        loader.load_state_dict(state)  # any rank's state: rank 0's
+        assert loader.epoch == 0 and loader.iteration > 0 and len(loader) == len(new[0])
+    rest = _read(new)
+    counts = collections.Counter(first + rest)
+    assert set(counts) == set(range(60))  # every sample of the epoch
+    assert not set(first) & set(rest)  # nothing read before is read again
+    # the only repeats are the ranks' padding to equal shares (at most world_size - 1 per run)
+    assert sum(counts.values()) - 60 <= (before - 1) + (after - 1)
+    # the next epoch is this world size's own
+    following = _read(new)
+    assert set(following) == set(range(60)) and len(following) - 60 <= after - 1
+
+
+def test_under_the_same_world_size_a_rank_resumes_only_its_own_state(photo_folder, monkeypatch):
+    (zero, one), alive = _loaders(photo_folder, 2, monkeypatch), []
+    _read([zero, one], batches=1, alive=alive)
+    with pytest.raises(ValueError, match="saved by rank 0, this is rank 1"):
+        one.load_state_dict(zero.state_dict())
+
+
+def test_a_state_resumed_elsewhere_can_be_saved_and_resumed_again(photo_folder, monkeypatch):
+    """An elastic job that shrinks, then grows back within one epoch."""
+    alive = []
+    old = _loaders(photo_folder, 2, monkeypatch)
+    first = _read(old, batches=2, alive=alive)
+    middle_run = _loaders(photo_folder, 1, monkeypatch)
+    middle_run[0].load_state_dict(old[0].state_dict())
+    middle = _read(middle_run, batches=2, alive=alive)
+    last_run = _loaders(photo_folder, 3, monkeypatch)
+    for loader in last_run:
+        loader.load_state_dict(middle_run[0].state_dict())
+    last = _read(last_run)
+    counts = collections.Counter(first + middle + last)
+    assert set(counts) == set(range(60)) and not set(first + middle) & set(last)
+    assert sum(counts.values()) - 60 <= 1 + 0 + 2
