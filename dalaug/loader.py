@@ -801,8 +801,19 @@ def _sharding() -> Sharding:
     return Sharding(rank, world_size)
 
 
+# Where launchers say how many ranks share this node: torchrun, SLURM (srun --ntasks-per-node, or
+# SLURM_TASKS_PER_NODE's "4(x2)" for every srun), Open MPI's mpirun.
+LOCAL_WORLD_SIZE_VARIABLES = ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE",
+                              "OMPI_COMM_WORLD_LOCAL_SIZE")  # fmt: skip
+
+
 def _local_world_size(sharding: Sharding) -> int:
-    return int(os.environ.get("LOCAL_WORLD_SIZE", sharding.world_size))
+    """The ranks on this node, which share its cores; the whole world where no launcher says."""
+    for name in LOCAL_WORLD_SIZE_VARIABLES:
+        match = re.match(r"\d+", os.environ.get(name, ""))
+        if match and int(match.group()) > 0:
+            return min(int(match.group()), sharding.world_size)
+    return sharding.world_size
 
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DecodeError", "Loader"]

@@ -17,6 +17,8 @@ is dropped or approximated without saying so. The approximations that remain are
   policy moves before it; every policy op draws its sign at random, so the images come out with
   the same distribution. ``ColorJitter`` applies brightness, contrast and saturation in one fixed
   order where torchvision shuffles them per image.
+- A torchvision policy with a bicubic (or finer) filter warps bilinearly (DALI's warps have no
+  bicubic), with a warning.
 - timm's RandAugment fills warped-in pixels with one grey (the mean of timm's fill colour): DALI's
   warps take one value. Its warps sample bilinearly where timm draws bilinear or bicubic (DALI's
   warps have no bicubic).
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -190,9 +193,29 @@ def translate_transform(transform: Any) -> Translation:
 
 
 def _flatten(transform: Any) -> list:
-    if isinstance(transform, (v1.Compose, v2.Compose)):
+    if type(transform) in (v1.Compose, v2.Compose):
         return [step for inner in transform.transforms for step in _flatten(inner)]
+    if _delegates(transform):
+        return _flatten(transform.transforms)
     return [transform]
+
+
+def _applies_its_transforms(self, image):  # the whole body of a wrapper dalaug reads through
+    return self.transforms(image)
+
+
+def _delegates(step: Any) -> bool:
+    """Whether ``step`` is a wrapper whose call does nothing but apply its ``.transforms``, a
+    ``Compose`` (torchvision's reference scripts wrap theirs in ``ClassificationPresetTrain``):
+    its ``__call__`` compiles to the same code as :func:`_applies_its_transforms`."""
+    code = getattr(type(step).__dict__.get("__call__"), "__code__", None)
+    reference = _applies_its_transforms.__code__
+    return (
+        code is not None
+        and type(getattr(step, "transforms", None)) in (v1.Compose, v2.Compose)
+        and (code.co_argcount, code.co_code, code.co_names)
+        == (reference.co_argcount, reference.co_code, reference.co_names)
+    )
 
 
 def _describe(step: Any) -> str:
@@ -306,9 +329,18 @@ def _policy(make: Callable[[Any], Any]) -> Callable[[Any, Translation], None]:
 
 
 def _warps(step: Any) -> dict:
-    """How a torchvision policy's warps sample and fill."""
+    """How a torchvision policy's warps sample and fill. DALI's warps sample nearest or bilinear:
+    a finer filter (torchvision's references pass --interpolation bicubic to the policy too)
+    warps bilinearly, with a warning that says so."""
     name = type(step).__name__
-    return {"interpolation": _interpolation(name, step.interpolation), "fill": _fill(name, step.fill)}
+    interpolation = _interpolation(name, step.interpolation)
+    if interpolation not in ("nearest", "nearest-exact", "bilinear"):
+        warnings.warn(
+            f"{name}(interpolation={interpolation!r}): DALI's warps (shear, translate, rotate) sample "
+            "bilinearly at most, so this policy's warps are bilinear", UserWarning, stacklevel=2,
+        )  # fmt: skip
+        interpolation = "bilinear"
+    return {"interpolation": interpolation, "fill": _fill(name, step.fill)}
 
 
 def _auto_augment(step: Any):
@@ -510,6 +542,9 @@ def translate_sampler(sampler: Any, dataset_length: int) -> dict[str, Any]:
 
 # --- batch mixing ---------------------------------------------------------------------------------
 
+# What every torch.nn.Module holds in its __dict__ (hooks, parameters, ...).
+MODULE_ATTRIBUTES = frozenset(vars(torch.nn.Module()))
+
 
 def translate_operators(given: Any, num_classes: int | None = None) -> list[BatchOp]:
     """dalaug operators for ``operators=`` as scripts write them: dalaug's own, torchvision v2's
@@ -524,6 +559,9 @@ def translate_operators(given: Any, num_classes: int | None = None) -> list[Batc
         return [given]
     if type(given) in MIXING:
         return [MIXING[type(given)](given)]
+    reference = _reference_mixing(given)
+    if reference is not None:
+        return [reference]
     if isinstance(given, Sequence) and not isinstance(given, (str, bytes)):
         return [op for item in given for op in translate_operators(item, num_classes)]
     raise TypeError(
@@ -541,7 +579,18 @@ def _tv_mix(make: type) -> Callable[[Any], BatchOp]:
 
 def _tv_choice(step: Any) -> BatchOp:
     ops = [op for inner in step.transforms for op in translate_operators(inner)]
-    return RandomChoice(ops, p=list(step.p))
+    return RandomChoice(ops, p=None if step.p is None else list(step.p))
+
+
+def _reference_mixing(given: Any) -> BatchOp | None:
+    """torchvision's reference scripts' own ``RandomMixUp`` / ``RandomCutMix``
+    (references/classification/transforms.py, used without ``--use-v2``): not importable, so
+    known by class name and attributes; they mix as v2's do, with probability ``p`` per batch."""
+    kinds = {"RandomMixUp": Mixup, "RandomCutMix": CutMix}
+    name = type(given).__name__
+    if name not in kinds or set(vars(given)) - MODULE_ATTRIBUTES != {"num_classes", "p", "alpha", "inplace"}:
+        return None
+    return kinds[name](float(given.alpha), num_classes=given.num_classes, p=float(given.p), partner="roll")
 
 
 def timm_mixing(mixup: Any) -> BatchOp | None:
@@ -591,6 +640,7 @@ def _timm_mixing_classes() -> dict:
 MIXING: dict[type, Callable[[Any], BatchOp]] = {
     v2.MixUp: _tv_mix(Mixup),
     v2.CutMix: _tv_mix(CutMix),
+    v1.RandomChoice: _tv_choice,
     v2.RandomChoice: _tv_choice,
     **_timm_mixing_classes(),
 }

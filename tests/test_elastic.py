@@ -81,3 +81,24 @@ def test_a_state_resumed_elsewhere_can_be_saved_and_resumed_again(photo_folder, 
     counts = collections.Counter(first + middle + last)
     assert set(counts) == set(range(60)) and not set(first + middle) & set(last)
     assert sum(counts.values()) - 60 <= 1 + 0 + 2
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"LOCAL_WORLD_SIZE": "2"}, 2),
+        ({"SLURM_NTASKS_PER_NODE": "4"}, 4),
+        ({"SLURM_TASKS_PER_NODE": "4(x2)"}, 4),  # srun without --ntasks-per-node
+        ({"OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, 2),
+        ({}, 8),  # no launcher says: the whole world (one node)
+    ],
+)
+def test_the_ranks_sharing_a_node_come_from_the_launcher(monkeypatch, variables, expected):
+    from dalaug.feed import Sharding
+    from dalaug.loader import LOCAL_WORLD_SIZE_VARIABLES, _local_world_size
+
+    for name in LOCAL_WORLD_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert _local_world_size(Sharding(0, 8)) == expected
