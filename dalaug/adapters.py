@@ -104,7 +104,6 @@ def create_loader(
         "input_size_choices": (input_size_choices, None, "dalaug's batches have one size"),
         "batch_size_choices": (batch_size_choices, None, "dalaug's batches have one size"),
         "num_batches": (num_batches, None, "an epoch is the data set once"),
-        "num_aug_repeats": (num_aug_repeats, 0, "repeated augmentation is not supported"),
         "num_aug_splits": (num_aug_splits, 0, "augmentation splits (AugMix's) are not supported"),
         "re_split": (re_split, False, "random erasing applies to the whole batch"),
         "worker_seeding": (worker_seeding, "all", "dalaug's augmentation follows `seed` per rank"),
@@ -137,6 +136,8 @@ def create_loader(
     )  # fmt: skip
     if not is_training:
         options["lockstep"] = True  # timm's validate() all-reduces every batch: equal batch counts
+    elif num_aug_repeats:
+        options["repeats"] = num_aug_repeats  # timm's RepeatAugSampler
     if isinstance(dataset, (str, os.PathLike)):
         translation = translate_transform(transform)
         options["operators"] = [*translation.operators, *([] if collate_fn is None else [collate_fn])]

@@ -29,7 +29,7 @@ MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last)
 # What does not change which samples come out or their pixels: left out of a saved state's identity.
 PERFORMANCE_FIELDS = ("device", "num_threads", "io_workers", "prefetch", "max_bad_fraction")
 # Options only one kind of loader uses (the random crop and policy; the eval resize).
-TRAIN_OPTIONS = ("scale", "ratio", "flip", "policy", "color_jitter")
+TRAIN_OPTIONS = ("scale", "ratio", "flip", "policy", "color_jitter", "repeats")
 EVAL_OPTIONS = ("resize",)
 
 
@@ -62,11 +62,12 @@ class LoaderConfig:
     distributed: bool = True
     lockstep: bool | None = None
     pad: bool = True
+    repeats: int = 1
     color_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        for name in ("batch_size", "crop", "prefetch"):
+        for name in ("batch_size", "crop", "prefetch", "repeats"):
             _check_int(name, getattr(self, name))
         _check_int("io_workers", self.io_workers, minimum=0)
         for name in ("num_threads", "resize"):
@@ -93,6 +94,8 @@ class LoaderConfig:
         jitter = self.color_jitter
         if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
             raise ValueError(f"color_jitter: expected a strength in [0, 1), got {jitter!r}")
+        if self.repeats > 1 and not self.train:
+            raise ValueError("repeats: an eval loader (train=False) reads every sample once")
         if jitter and not self.train:
             raise ValueError("color_jitter: an eval loader (train=False) takes no colour jitter")
         fraction = self.max_bad_fraction

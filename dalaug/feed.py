@@ -60,11 +60,17 @@ class EpochFeed:
         lockstep: equal shards (default: for training, ``shuffle or drop_last``).
         pad: make lockstep shards equal by wrapping around (True), or by leaving out the last
             ``len % world_size`` samples of the order (False: a ``DistributedSampler(drop_last=True)``).
+        repeats: repeated augmentation (Hoffer et al. 2020; DeiT's ``RASampler``, timm's
+            ``--aug-repeats``): each sample of the order ``repeats`` times in a row, the ranks taking
+            every ``world_size``-th place so that the copies go to different ranks, each rank
+            reading ``len // world_size`` places: one epoch's length, with about ``len / repeats``
+            distinct samples each seen ``repeats`` times. (DeiT and timm also round the epoch down
+            to a multiple of 256 samples; this feed does not.)
     """
 
     def __init__(
         self, samples: Samples, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
-        sharding: Sharding = Sharding(), lockstep: bool | None = None, pad: bool = True,
+        sharding: Sharding = Sharding(), lockstep: bool | None = None, pad: bool = True, repeats: int = 1,
     ) -> None:  # fmt: skip
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
@@ -82,6 +88,7 @@ class EpochFeed:
         # batch (timm's validate) needs them too, at the price of the padding's duplicates.
         self.lockstep = shuffle or drop_last if lockstep is None else lockstep
         self.pad = pad
+        self.repeats = repeats
         self.excluded: frozenset[int] = frozenset()
         # An epoch resumed under another world size: (epoch, ids the old ranks had delivered).
         self.resumed: tuple[int, np.ndarray] | None = None
@@ -107,7 +114,11 @@ class EpochFeed:
             return shard
         rank, world_size = self.sharding.rank, self.sharding.world_size
         per_rank = self.samples_per_rank
-        if self.lockstep:
+        if self.repeats > 1:
+            places = np.repeat(order, self.repeats)  # copies in a row: rank r takes places r, r + W, ...
+            places = np.resize(places, math.ceil(len(places) / world_size) * world_size)
+            shard = places[rank::world_size][:per_rank]
+        elif self.lockstep:
             # np.resize wraps around to pad, or cuts the order's tail off
             shard = np.resize(order, per_rank * world_size)[rank * per_rank : (rank + 1) * per_rank]
         else:
@@ -119,7 +130,7 @@ class EpochFeed:
                     f"every sample of rank {self.sharding.rank}'s shard in epoch {epoch} is excluded "
                     "as undecodable"
                 )
-            if self.lockstep:
+            if self.lockstep or self.repeats > 1:
                 shard = np.resize(shard, per_rank)
         self._cache = (epoch, self.excluded, shard)
         return shard
@@ -140,6 +151,7 @@ class EpochFeed:
         feed = EpochFeed(
             self.samples, self.batch_size, shuffle=self.shuffle, drop_last=self.drop_last, seed=self.seed,
             sharding=Sharding(rank, self.sharding.world_size), lockstep=self.lockstep, pad=self.pad,
+            repeats=self.repeats,
         )  # fmt: skip
         feed.excluded, feed.resumed = self.excluded, self.resumed
         return feed
@@ -149,8 +161,9 @@ class EpochFeed:
         read the ids ``delivered``: each remaining sample once across the ranks (the shares padded
         to equal length, as a lockstep epoch is). Returns the batch this rank goes on at: the epoch
         keeps its length in batches, so LR schedules that count ``len(loader)`` hold."""
-        if not self.lockstep:
-            raise ValueError("resume_elsewhere: an evaluation feed (no lockstep) restarts its epoch instead")
+        if not self.lockstep or self.repeats > 1:
+            raise ValueError("resume_elsewhere: an evaluation feed (no lockstep) or one with repeats "
+                             "restarts its epoch instead")  # fmt: skip
         self.resumed = (epoch, np.asarray(delivered, np.int64))
         self._cache = None
         return self.num_batches() - self._rest_batches(len(self._remaining(epoch)))
@@ -185,13 +198,15 @@ class EpochFeed:
     def samples_per_rank(self) -> int:
         """Samples in this rank's shard (before exclusions; with padding in a training feed)."""
         n, world_size = len(self.samples), self.sharding.world_size
+        if self.repeats > 1:
+            return n // world_size
         if self.lockstep:
             return math.ceil(n / world_size) if self.pad else n // world_size
         return n // world_size + (self.sharding.rank < n % world_size)
 
     def num_samples(self) -> int:
         """Samples this rank reads per epoch (the same every epoch)."""
-        if self.lockstep:
+        if self.lockstep or self.repeats > 1:
             return self.samples_per_rank
         # Evaluation reads the data set in order: this rank's shard is one range of ids.
         n, world_size, rank = len(self.samples), self.sharding.world_size, self.sharding.rank

@@ -132,6 +132,10 @@ class Loader:
         lockstep: pad the ranks' shards to equal length (default: for training). An evaluation
             loop that reduces across ranks every batch needs it, and then counts the padding's
             at most ``world_size - 1`` duplicates; without it every sample counts exactly once.
+        repeats: train: repeated augmentation (timm's ``--aug-repeats``, DeiT's RASampler): each
+            sample ``repeats`` times per epoch, the copies on different ranks, with different draws;
+            an epoch keeps its length (about ``len / repeats`` distinct samples). See
+            :class:`~dalaug.feed.EpochFeed`.
         color_jitter: train: brightness, contrast and saturation jitter of strength j (factors
             uniform in [1 - j, 1 + j], as torchvision's ``ColorJitter(j, j, j)``).
         operators: batch operators (``dalaug.Mixup``, ``dalaug.RandomChoice([...])``, ...) applied
@@ -216,6 +220,7 @@ class Loader:
         self.feed = EpochFeed(
             samples, config.batch_size, shuffle=config.shuffle, drop_last=config.drop_last,
             seed=config.seed, sharding=sharding, lockstep=config.lockstep, pad=config.pad,
+            repeats=config.repeats,
         )  # fmt: skip
         if self.feed.num_batches() == 0:
             raise ValueError(
@@ -638,6 +643,7 @@ class Loader:
         saved = EpochFeed(
             self.samples, feed.batch_size, shuffle=feed.shuffle, drop_last=feed.drop_last, seed=feed.seed,
             sharding=Sharding(0, state["world_size"]), lockstep=feed.lockstep, pad=feed.pad,
+            repeats=feed.repeats,
         )  # fmt: skip
         saved.load_state_dict(state["feed"])
         self.feed.exclude(saved.excluded)
@@ -646,9 +652,9 @@ class Loader:
         rank = self.feed.sharding.rank
         self.generator.manual_seed((self.config.seed * 1009 + rank + 7919 * self._generation) % 2**64)
         epoch, iteration = int(state["epoch"]), int(state["iteration"])
-        if iteration == 0 or not self.feed.lockstep:
+        if iteration == 0 or not self.feed.lockstep or self.feed.repeats > 1:
             # At an epoch boundary nothing is owed; an evaluation epoch (ranks at different batches,
-            # no lockstep) starts again.
+            # no lockstep) or one of repeated samples starts again.
             self.epoch, self.iteration = epoch, 0
         else:
             delivered = saved.delivered(epoch, iteration)

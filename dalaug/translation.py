@@ -534,10 +534,28 @@ def translate_sampler(sampler: Any, dataset_length: int) -> dict[str, Any]:
         return {"shuffle": bool(sampler.shuffle), "seed": int(sampler.seed), "lockstep": True,
                 "pad": not sampler.drop_last,
                 "sharding": (int(sampler.rank), int(sampler.num_replicas))}  # fmt: skip
+    repeats = _repeated_augmentation(sampler)
+    if repeats is not None:
+        return repeats
     raise Untranslatable(
-        f"sampler: {name} has no dalaug translation; dalaug takes DistributedSampler, RandomSampler and "
-        "SequentialSampler, and orders the samples itself (shuffle=, seed=, set_epoch)"
+        f"sampler: {name} has no dalaug translation; dalaug takes DistributedSampler, RandomSampler, "
+        "SequentialSampler and the repeated-augmentation samplers (timm's RepeatAugSampler, DeiT's and "
+        "torchvision's references' RASampler), and orders the samples itself (shuffle=, seed=, set_epoch)"
     )
+
+
+def _repeated_augmentation(sampler: Any) -> dict[str, Any] | None:
+    """timm's ``RepeatAugSampler`` or the ``RASampler`` of DeiT and torchvision's references (not
+    importable: known by name and attributes) as ``repeats=``; None for any other sampler."""
+    name = type(sampler).__name__
+    if name == "RepeatAugSampler" and type(sampler).__module__.startswith("timm."):
+        repeats, seed = sampler.num_repeats, 0
+    elif name == "RASampler" and {"repetitions", "num_replicas", "rank", "seed"} <= set(vars(sampler)):
+        repeats, seed = sampler.repetitions, sampler.seed
+    else:
+        return None
+    return {"shuffle": bool(sampler.shuffle), "seed": int(seed), "repeats": int(repeats),
+            "sharding": (int(sampler.rank), int(sampler.num_replicas))}  # fmt: skip
 
 
 # --- batch mixing ---------------------------------------------------------------------------------

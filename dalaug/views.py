@@ -122,8 +122,12 @@ class SamplerView:
 class ShuffledSamplerView(SamplerView, RandomSampler):
     """The :class:`SamplerView` of a shuffling loader: a new order of its shard every epoch."""
 
-    replacement = False  # RandomSampler's attributes, for code that reads them
-    generator = None  # the order is the loader's: a function of its seed and the epoch
+    replacement = False  # RandomSampler's attributes, for code that reads them (Accelerate's
+    generator = None  # prepare_data_loader); the order is the loader's, of its seed and the epoch
+
+    @property
+    def _num_samples(self) -> int:
+        return len(self)
 
 
 class SequentialSamplerView(SamplerView, SequentialSampler):

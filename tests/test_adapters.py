@@ -64,7 +64,6 @@ def test_the_eval_resize_is_timms(photo_folder, crop_pct):
         ({"re_count": 2, "re_prob": 0.5}, "count="),
         ({"re_split": True}, "re_split"),
         ({"num_aug_splits": 3}, "num_aug_splits"),
-        ({"num_aug_repeats": 3}, "num_aug_repeats"),
         ({"batch_size_choices": [8, 16]}, "batch_size_choices"),
         ({"auto_augment": "augmix-m5-w4-d2"}, "AugMix"),
         ({"input_size": (3, 32, 48)}, "square"),

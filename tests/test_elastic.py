@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 
+import numpy as np
 import pytest
 
 import dalaug
@@ -102,3 +103,40 @@ def test_the_ranks_sharing_a_node_come_from_the_launcher(monkeypatch, variables,
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     assert _local_world_size(Sharding(0, 8)) == expected
+
+
+@pytest.mark.parametrize("world_size", [1, 3, 4])
+def test_repeated_augmentation_serves_each_chosen_sample_repeats_times_on_different_ranks(world_size):
+    """timm's --aug-repeats / DeiT's RASampler: the copies of a sample go to different ranks."""
+    from dalaug.feed import EpochFeed, Sharding
+    from dalaug.sources import Samples
+
+    n, repeats = 60, 3
+    ids = np.arange(n)
+    samples = Samples(tuple(map(str, ids)), ids - ids - 1, ids - ids - 1, ids % 3, ("a", "b", "c"))
+    feeds = [EpochFeed(samples, 4, shuffle=True, drop_last=True, seed=5, sharding=Sharding(rank, world_size),
+                       repeats=repeats) for rank in range(world_size)]  # fmt: skip
+    shards = [feed.shard(2) for feed in feeds]
+    for shard, feed in zip(shards, feeds, strict=True):
+        assert len(shard) == n // world_size == feed.num_samples()
+    counts = collections.Counter(np.concatenate(shards).tolist())
+    # every sample served is served `repeats` times, but at the cut between ranks' last places
+    assert sorted(set(counts.values()))[-1] == repeats and sum(c != repeats for c in counts.values()) <= 2
+    if world_size >= repeats:  # the copies land on different ranks, in the same step
+        for sample in counts:
+            assert sum(sample in shard for shard in shards) == counts[sample]
+    assert not np.array_equal(feeds[0].shard(3), shards[0])  # a new order each epoch
+
+
+def test_the_repeated_augmentation_samplers_translate(photo_folder):
+    from timm.data.distributed_sampler import RepeatAugSampler
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    from dalaug.feed import Sharding
+
+    dataset = datasets.ImageFolder(photo_folder, T.Compose([T.RandomResizedCrop(CROP), T.ToTensor()]))
+    sampler = RepeatAugSampler(dataset, num_replicas=2, rank=1, num_repeats=3)
+    loader = dalaug.Loader(dataset, BATCH, sampler=sampler, device="cpu")
+    assert loader.config.repeats == 3 and loader.feed.sharding == Sharding(1, 2)
+    assert len(loader.feed.shard(0)) == 30
