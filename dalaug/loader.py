@@ -181,8 +181,8 @@ class Loader:
         if unknown:
             raise TypeError(f"{', '.join(unknown)}: not a dalaug.Loader argument (see help(dalaug.Loader))")
         options = _with_dataloader_names(options, num_workers=num_workers, prefetch_factor=prefetch_factor)
-        if policy is not None:
-            options["policy"] = policy
+        named = {"policy": policy, "device": device}
+        options.update({name: value for name, value in named.items() if value is not None})
         dataset = source if isinstance(source, torch.utils.data.Dataset) else None
         samples = dataset_samples(dataset) if dataset is not None else resolve_source(source)
         sharding = None

@@ -106,7 +106,7 @@ def test_interpolation_names_resolve(value, expected):
     [
         (InterpolationMode.BOX, "no DALI equivalent"),
         (InterpolationMode.HAMMING, "no DALI equivalent"),
-        ("random", "no DALI equivalent"),  # timm's per-image bilinear/bicubic draw
+        ("random", "training loader's crop only"),  # timm's per-image bilinear/bicubic draw, in training
         ("cubic", "expected one of"),
         (2, "expected one of"),
     ],
