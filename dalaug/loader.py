@@ -598,12 +598,13 @@ class Loader:
         samples the saved epoch had not delivered on any rank are shared out among this run's ranks,
         each served once, and later epochs are sharded for this world size. The augmentation drawn
         after such a resume is new (DALI's random state belongs to the old ranks); a training
-        loader's epoch keeps its length in batches, its first batches counted as served.
+        loader's epoch keeps its length in batches, its first batches counted as served. Another
+        rank's state under the same number of ranks (Lightning saves rank 0's for all) resumes
+        the same way: the position, with this rank's own shard and new draws (never that rank's).
 
         Raises:
-            ValueError: ``state`` is not a loader state, was saved by a loader over another data
-                set or with another configuration (crop, policy, flip, seed, batch size, ...), or
-                by another rank of the same number of ranks (each rank resumes its own state).
+            ValueError: ``state`` is not a loader state, or was saved by a loader over another data
+                set or with another configuration (crop, policy, flip, seed, batch size, ...).
         """
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise ValueError(f"state: expected a dict from Loader.state_dict() (version {STATE_VERSION})")
@@ -619,21 +620,30 @@ class Loader:
         if state["world_size"] != sharding.world_size:
             self._resume_elsewhere(state)
             return
-        if state["rank"] != sharding.rank:
-            raise ValueError(
-                f"state: saved by rank {state['rank']}, this is rank {sharding.rank} of the same "
-                f"{sharding.world_size}: each rank resumes its own state (it holds that rank's "
-                "augmentation draws)"
-            )
         self.close()
         self._iterating = None  # an iterator still alive serves no more: the saved position rules
         self.feed.load_state_dict(state["feed"])
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
-        self._generation = int(state["generation"])
         self.bad_samples = dict(state["bad_samples"])
+        if state["rank"] != sharding.rank:
+            # Another rank's state (Lightning hands every rank rank 0's): the same shards and
+            # position, with draws of this rank's own, never that rank's.
+            self._fresh_draws(int(state["generation"]))
+            if not self.feed.lockstep:
+                self.iteration = 0  # evaluation ranks stand at different batches: the epoch again
+            log.info("rank %d resumed rank %d's loader state: epoch %d at batch %d, with new draws",
+                     sharding.rank, state["rank"], self.epoch, self.iteration)  # fmt: skip
+            return
+        self._generation = int(state["generation"])
         self.generator.set_state(state["generator"])
         if state["dali"] is not None:
             self._build(checkpoint=state["dali"])
+
+    def _fresh_draws(self, saved_generation: int) -> None:
+        """Augmentation draws no run made before: the next pipeline's seed, and the operators'."""
+        self._generation = saved_generation + 1
+        rank = self.feed.sharding.rank
+        self.generator.manual_seed((self.config.seed * 1009 + rank + 7919 * self._generation) % 2**64)
 
     def _resume_elsewhere(self, state: dict) -> None:
         """Resume a state saved under another world size (see :meth:`load_state_dict`)."""
@@ -648,9 +658,7 @@ class Loader:
         saved.load_state_dict(state["feed"])
         self.feed.exclude(saved.excluded)
         self.bad_samples = dict(state["bad_samples"])
-        self._generation = int(state["generation"]) + 1  # new draws: DALI's state was the old ranks'
-        rank = self.feed.sharding.rank
-        self.generator.manual_seed((self.config.seed * 1009 + rank + 7919 * self._generation) % 2**64)
+        self._fresh_draws(int(state["generation"]))  # DALI's state was the old ranks'
         epoch, iteration = int(state["epoch"]), int(state["iteration"])
         if iteration == 0 or not self.feed.lockstep or self.feed.repeats > 1:
             # At an epoch boundary nothing is owed; an evaluation epoch (ranks at different batches,
@@ -757,8 +765,9 @@ def _warn_unsharded() -> None:
     if world_size > 1:
         log.warning(
             "every one of the %d ranks reads every sample of this dataset, as a DataLoader without a "
-            "DistributedSampler does; give sampler=DistributedSampler(dataset) (or distributed=True) "
-            "for each rank's share", world_size,
+            "DistributedSampler does (Lightning and Accelerate add one to torch's DataLoaders only); "
+            "give sampler=DistributedSampler(dataset) (or distributed=True) for each rank's share",
+            world_size,
         )  # fmt: skip
 
 

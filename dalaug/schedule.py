@@ -656,6 +656,23 @@ class PhasedLoader:
         """Serve ``epoch`` next (a loop's ``set_epoch`` at the top of each epoch keeps the cursor)."""
         self.schedule.load_state_dict({"epoch": epoch})
 
+    def state_dict(self) -> dict:
+        """Where the schedule stands, mid-epoch included: the epoch, the serving loader's state
+        and the operators' generator (Lightning saves and restores it as a stateful loader)."""
+        serving = self._serving is not None
+        loader = self.loader.state_dict() if serving else None
+        generator = self.generator.get_state()
+        return {"epoch": self.schedule.epoch - serving, "loader": loader, "generator": generator}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict`: the next ``for`` serves the rest of the saved epoch."""
+        self.schedule.load_state_dict({"epoch": state["epoch"]})
+        self._serving = None
+        if state["loader"] is not None:
+            self.loader = self.schedule.loader_at(state["epoch"])
+            self.loader.load_state_dict(state["loader"])
+        self.generator.set_state(state["generator"])
+
     @property
     def epoch(self) -> int:
         return self.schedule.epoch

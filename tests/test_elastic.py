@@ -6,6 +6,7 @@ import collections
 
 import numpy as np
 import pytest
+import torch
 
 import dalaug
 
@@ -60,11 +61,21 @@ def test_a_mid_epoch_state_resumes_on_another_world_size_each_sample_once(photo_
     assert set(following) == set(range(60)) and len(following) - 60 <= after - 1
 
 
-def test_under_the_same_world_size_a_rank_resumes_only_its_own_state(photo_folder, monkeypatch):
+def test_another_ranks_state_resumes_the_position_with_this_ranks_shard_and_draws(photo_folder, monkeypatch):
+    """Lightning saves rank 0's loader state and hands it to every rank: rank 1 goes on from the
+    position in its own shard, and never draws rank 0's augmentation."""
     (zero, one), alive = _loaders(photo_folder, 2, monkeypatch), []
-    _read([zero, one], batches=1, alive=alive)
-    with pytest.raises(ValueError, match="saved by rank 0, this is rank 1"):
-        one.load_state_dict(zero.state_dict())
+    first = _read([zero, one], batches=2, alive=alive)
+    state = zero.state_dict()
+    (zero_again, one_again) = _loaders(photo_folder, 2, monkeypatch)
+    zero_again.load_state_dict(state)
+    one_again.load_state_dict(state)
+    assert (one_again.epoch, one_again.iteration) == (0, 2)
+    # rank 0's DALI checkpoint and operator draws are not taken: rank 1 starts draws of its own
+    assert one_again._pipeline is None
+    assert not torch.equal(one_again.generator.get_state(), state["generator"])
+    rest = _read([zero_again, one_again])
+    assert set(first + rest) == set(range(60)) and not set(first) & set(rest)
 
 
 def test_a_state_resumed_elsewhere_can_be_saved_and_resumed_again(photo_folder, monkeypatch):
