@@ -18,14 +18,16 @@ Use :class:`~dalaug.Loader` itself to have an untranslatable dataset refused ins
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from typing import Any
 
 import torch.utils.data
+from torch.utils.data import default_collate
 
 from dalaug.loader import UNSUPPORTED, Loader
-from dalaug.translation import MIXING, Untranslatable, dataset_transform
+from dalaug.translation import Untranslatable, dataset_transform, is_mixing
 
 log = logging.getLogger("dalaug")
 
@@ -34,8 +36,11 @@ _SIGNATURE = inspect.signature(TORCH_DATALOADER.__init__)
 
 
 class DataLoader(TORCH_DATALOADER):
-    """``DataLoader(dataset, batch_size=1, shuffle=False, sampler=None, ...)``: a dalaug Loader, or
-    torch's DataLoader where dalaug cannot serve the call (see the module docstring).
+    """``DataLoader(dataset, batch_size=1, shuffle=False, sampler=None, ..., operators=None)``: a
+    dalaug Loader, or torch's DataLoader where dalaug cannot serve the call (see the module
+    docstring). The batch mixing goes in ``operators=`` or, as a script's ``collate_fn`` held it,
+    in ``collate_fn=`` (torchvision's ``MixUp`` / ``CutMix`` / ``RandomChoice``, timm's ``Mixup`` /
+    ``FastCollateMixup``); torch's DataLoader, where it serves, collates and then mixes with it.
 
     A subclass of torch's, so that ``isinstance(x, torch.utils.data.DataLoader)`` keeps working in
     a process whose scripts rebound the name; what it returns is a Loader, or an instance of this
@@ -48,27 +53,44 @@ class DataLoader(TORCH_DATALOADER):
         >>> loader = DataLoader(dataset, batch_size=64, shuffle=True, num_workers=8)  # doctest: +SKIP
     """
 
-    def __new__(cls, *args: Any, **kwargs: Any):
+    def __new__(cls, *args: Any, operators: Any = None, **kwargs: Any):
         try:
             bound = _SIGNATURE.bind(None, *args, **kwargs)
         except TypeError as error:
             raise TypeError(f"DataLoader: {error}") from None
         given = {name: value for name, value in bound.arguments.items() if name not in ("self", "kwargs")}
         given.update(bound.arguments.get("kwargs", {}))
+        mixing = operators if operators is not None else given.get("collate_fn")
+        if operators is not None and given.get("collate_fn") is not None:
+            raise TypeError("DataLoader: give operators= or a mixing collate_fn=, not both")
         reason = _unservable(given)
         if reason is None:
             try:
-                return _loader(given)
+                return _loader({**given, "operators": operators} if operators is not None else given)
             except Untranslatable as error:
                 reason = str(error)
         log.warning("dalaug.DataLoader: %s; this one is torch's DataLoader", reason)
-        return super().__new__(cls)  # an instance of cls: Python then runs torch's __init__ on it
+        instance = super().__new__(cls)  # an instance of cls: Python then runs torch's __init__ on it
+        instance._mixing = mixing
+        return instance
+
+    def __init__(self, *args: Any, operators: Any = None, **kwargs: Any) -> None:
+        # torch's DataLoader, mixing as the script's collate_fn did: default_collate, then the
+        # mixing object on the batch (torchvision's references, v2's MixUp / CutMix). timm's
+        # FastCollateMixup is a collate_fn itself.
+        mixing = self.__dict__.pop("_mixing", None)
+        if mixing is not None and is_mixing(mixing) and type(mixing).__name__ != "FastCollateMixup":
+            kwargs["collate_fn"] = functools.partial(_collate_then_mix, mixing)
+        super().__init__(*args, **kwargs)
+
+
+def _collate_then_mix(mixing: Any, batch: list) -> Any:
+    return mixing(*default_collate(batch))
 
 
 def _unservable(given: dict) -> str | None:
     """Why a dalaug Loader cannot take these DataLoader arguments, or None."""
-    collate_fn = given.get("collate_fn")
-    if collate_fn is not None and type(collate_fn) in MIXING:
+    if is_mixing(given.get("collate_fn")):
         return None
     for name, (default, advice) in UNSUPPORTED.items():
         if name in given and given[name] != default:

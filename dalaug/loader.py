@@ -46,9 +46,9 @@ from dalaug.policies import PolicyLike
 from dalaug.reader import BatchReader
 from dalaug.sources import Samples, resolve_source
 from dalaug.translation import (
-    MIXING,
     dataset_samples,
     dataset_transform,
+    is_mixing,
     translate_operators,
     translate_sampler,
     translate_transform,
@@ -171,8 +171,7 @@ class Loader:
         persistent_workers: bool = False,
         **options: Any,
     ) -> None:
-        collate_fn = options.get("collate_fn")
-        if type(collate_fn) in MIXING and operators is None:  # timm's FastCollateMixup: mixing, here too
+        if is_mixing(options.get("collate_fn")) and operators is None:  # a collate_fn that only mixes
             operators = options.pop("collate_fn")
         for name, (default, advice) in UNSUPPORTED.items():
             if name in options and options.pop(name) != default:
@@ -192,7 +191,7 @@ class Loader:
             given = translate_sampler(sampler, len(samples))
             shuffle, sharding = given.pop("shuffle"), given.pop("sharding", None)
             options = _merge("sampler", options, given)
-        elif dataset is not None and "distributed" not in options:
+        if dataset is not None and sharding is None and "distributed" not in options:
             options["distributed"] = False  # as a DataLoader: a DistributedSampler shards, nothing else
         # What the user said, kept to read the dataset's transform again each epoch (_follow_transform).
         self._given = dict(options, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, train=train)

@@ -588,6 +588,12 @@ def translate_operators(given: Any, num_classes: int | None = None) -> list[Batc
     )
 
 
+def is_mixing(given: Any) -> bool:
+    """Whether ``given`` is a batch-mixing object :func:`translate_operators` takes (as a script's
+    ``collate_fn`` may hold one: timm's ``FastCollateMixup``, or torchvision's references')."""
+    return type(given) in MIXING or _reference_mixing(given) is not None
+
+
 def _tv_mix(make: type) -> Callable[[Any], BatchOp]:
     def translate(step: Any) -> BatchOp:
         return make(float(step.alpha), num_classes=step.num_classes, partner="roll")
@@ -670,6 +676,7 @@ __all__ = [
     "Untranslatable",
     "dataset_samples",
     "dataset_transform",
+    "is_mixing",
     "timm_mixing",
     "translate_operators",
     "translate_sampler",

@@ -234,3 +234,27 @@ def test_random_interpolation_runs_and_only_in_training(photo_folder):
     assert next(iter(loader))[0].shape == (8, 3, CROP, CROP)
     with pytest.raises(ValueError, match="training loader's crop only"):
         dalaug.Loader(photo_folder, 8, train=False, crop=CROP, interpolation="random", device="cpu")
+
+
+def test_dalaug_dataloader_takes_the_mixing_as_operators_or_collate_fn_and_torch_mixes_on_fallback(
+    photo_folder, caplog
+):  # fmt: skip
+    dataset = datasets.ImageFolder(photo_folder, _train(v1))
+    mixing = v2.MixUp(alpha=0.2, num_classes=3)
+    for spelling in ({"operators": mixing}, {"collate_fn": mixing}):
+        loader = dalaug.DataLoader(dataset, batch_size=8, shuffle=True, **spelling)
+        assert isinstance(loader, dalaug.Loader) and loader.operators[0].partner == "roll"
+    # torch serves FakeData: it collates, then mixes as the script's collate_fn did
+    fake = datasets.FakeData(8, (3, 8, 8), 3, v1.ToTensor())
+    with caplog.at_level(logging.WARNING, logger="dalaug"):
+        fallback = dalaug.DataLoader(fake, batch_size=4, collate_fn=mixing)
+    images, soft = next(iter(fallback))
+    assert not isinstance(fallback, dalaug.Loader) and soft.shape == (4, 3)
+
+
+def test_a_random_sampler_reads_every_sample_on_every_rank_as_torch_does(photo_folder, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    dataset = datasets.ImageFolder(photo_folder, _train(v1))
+    loader = dalaug.Loader(dataset, 4, sampler=RandomSampler(dataset), drop_last=False, device="cpu")
+    assert loader.feed.sharding.world_size == 1 and len(loader.sampler) == 60
