@@ -23,6 +23,7 @@ and timm's ``--aa`` pass.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import re
@@ -33,25 +34,161 @@ import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali import math as dali_math
 from nvidia.dali.auto_aug import augmentations as aug
-from nvidia.dali.auto_aug import auto_augment, rand_augment, trivial_augment
+from nvidia.dali.auto_aug import auto_augment
 from nvidia.dali.auto_aug.core import Policy as DaliPolicy
-from nvidia.dali.auto_aug.core import augmentation, select, signed_bin
+from nvidia.dali.auto_aug.core import _Augmentation, augmentation, select, signed_bin
+from nvidia.dali.pipeline import do_not_convert
 
 from dalaug.geometry import resolve_interpolation
+
+try:  # private in DALI 2.4 (see _untraced); without it, policies build as DALI does by default
+    from nvidia.dali._utils import dali_trace as _dali_trace
+except ImportError:  # pragma: no cover
+    _dali_trace = None
 
 # DALI's warp_affine and rotate, which move the pixels of shear/translate/rotate, sample only
 # nearest or bilinear ("Only nearest and linear interpolation is supported" for INTERP_CUBIC).
 WARP_INTERPOLATIONS = {types.INTERP_NN: "nearest", types.INTERP_LINEAR: "bilinear"}
 
 
+@do_not_convert
+def _call_unconverted(op: _Augmentation, data, kwargs: dict):
+    return _Augmentation.__call__(op, data, **kwargs)
+
+
+class _PlainAugmentation(_Augmentation):
+    """A DALI augmentation whose call runs as plain Python, outside DALI's AutoGraph.
+
+    WHY: a pipeline with conditionals (``enable_conditionals=True``, which ``select`` needs) runs
+    every function it calls through AutoGraph, DALI's ``nvidia.dali.auto_aug`` included. When an op
+    is called with a per-sample magnitude bin, DALI computes its parameter table by calling
+    ``mag_to_param`` once per (signed) bin; under AutoGraph each of those calls is a
+    ``converted_call`` that merges the source maps of every converted frame above it (select's
+    binary split nests 4 deep, inside the policy's and the pipeline's functions), several ms each.
+    timm's RandAugment with ``mstd`` has 12 ops with magnitudes over 1001 bins (2002 for the 5
+    signed ones) in each of 2 layers: 34,034 calls, 23-28 s per build on a 2-core CPU (issue 25).
+    As plain Python the same tables take ~0.2 s.
+
+    Nothing in an augmentation's call branches on a DataNode (its ``if`` tests magnitudes and
+    Python types), so it needs no conversion: the branches stay in ``select``, which AutoGraph
+    still converts, and the DALI ops made here are split per branch as before (DALI's own state,
+    not AutoGraph's). The graph, its seeds and so its pixels are the same as before.
+    """
+
+    def __call__(self, data, **kwargs):
+        return _call_unconverted(self, data, kwargs)
+
+
+def _plain(op: _Augmentation) -> _PlainAugmentation:
+    """The same augmentation (op, range, sign, mapping), called outside AutoGraph."""
+    return op.augmentation(augmentation_cls=_PlainAugmentation)
+
+
+@do_not_convert
+@contextlib.contextmanager
+def _untraced():
+    """Turn off DALI's record of where each op was created, while a policy makes its ops.
+
+    WHY: for every op it creates, DALI walks and formats the whole Python stack (for its error
+    messages, "the operator was created at ..."); a policy makes hundreds of ops (TimmRandAugment:
+    ~730), and that record was ~45% of their time: a TimmRandAugment rebuild 1.4 -> 0.6 CPU-s, the
+    first build in a process 2.0 -> 1.5, on a 2-core CPU. These ops are dalaug's and DALI's, not
+    the user's, so their origin would name this file anyway; an error still names the operator.
+    The switch is DALI 2.4's private ``dali_trace.set_tracing`` (process-wide; restored on exit,
+    and left alone when tracing is already off). Pixels are unaffected.
+    """
+    if _dali_trace is None or not _dali_trace.is_tracing_enabled():
+        yield
+        return
+    _dali_trace.set_tracing(enabled=False)
+    try:
+        yield
+    finally:
+        _dali_trace.set_tracing(enabled=True)
+
+
+# AutoGraph also converts every function that a converted one calls, once per process, at the
+# first build: it parses, rewrites and compiles its source, ~0.1-0.5 s a function on a 2-core CPU.
+# So a policy's `apply`, which AutoGraph must convert (its branches on DataNodes, and those of
+# DALI's `select` that it calls, become conditionals), calls only `select` and do_not_convert
+# helpers, which make DALI ops but never branch on a DataNode. In particular it no longer calls
+# DALI's apply_auto_augment / apply_rand_augment / apply_trivial_augment, which brought along the
+# conversion of their Policy maps, signed_bin, argument checks and, through DALI's own identity op,
+# Augmentation's methods: the first AutoAugment build took 5.1 CPU-s on a loaded 2-core CPU, now
+# 1.2. The helpers below make the draws those functions make, into the same graph (they use DALI
+# 2.4's private Policy maps), so a seed gives the same pixels: tests/test_policies.py compares them.
+_IDENTITY = _plain(aug.identity)
+
+
+@do_not_convert
+def _auto_augment_draws(policy: DaliPolicy):
+    """Per image, as DALI's ``apply_auto_augment``: (should_run, run_probabilities, magnitude bins,
+    op indices, the ops of each stage); stage ``s`` runs op ``stages[s][indices[s]]`` when
+    ``should_run[s] < run_probabilities[s]``."""
+    max_len = max(len(sub_policy) for sub_policy in policy.sub_policies)
+    should_run = fn.random.uniform(range=[0, 1], shape=(max_len,), dtype=types.FLOAT)
+    sub_policy_id = fn.random.uniform(values=list(range(len(policy.sub_policies))), dtype=types.INT32)
+    run_probabilities = auto_augment._sub_policy_to_probability_map(policy)[sub_policy_id]
+    magnitude_bins = auto_augment._sub_policy_to_magnitude_bin_map(policy)[sub_policy_id]
+    indices, stages = auto_augment._sub_policy_to_augmentation_map(policy)
+    indices = indices[sub_policy_id]
+    if any(op.randomly_negate for op in policy.augmentations.values()):
+        magnitude_bins = signed_bin(magnitude_bins, shape=(max_len,))
+    # DALI ends each stage's ops with its own identity (no magnitude): the plain one instead.
+    stages = [[_IDENTITY if op is aug.identity else op for op in ops] for ops in stages]
+    return should_run, run_probabilities, magnitude_bins, indices, stages
+
+
+@do_not_convert
+def _stage_runs(draws, stage: int):
+    should_run, run_probabilities, *_ = draws
+    return should_run[stage] < run_probabilities[stage]
+
+
+@do_not_convert
+def _stage_choice(draws, stage: int):
+    """(op index, magnitude bin) of AutoAugment's ``stage``."""
+    _, _, magnitude_bins, indices, _ = draws
+    return indices[stage], magnitude_bins[stage]
+
+
+@do_not_convert
+def _rand_augment_draws(ops: list, n: int, m: int):
+    """Per image, as DALI's ``apply_rand_augment``: ``n`` op indices and signed bins of ``m``."""
+    shape = () if n == 1 else (n,)
+    indices = fn.random.uniform(values=list(range(len(ops))), shape=shape, dtype=types.INT32)
+    signed = any(op.randomly_negate for op in ops)
+    magnitude_bins = signed_bin(m, shape=shape) if signed else m
+    return indices, magnitude_bins, signed
+
+
+@do_not_convert
+def _layer_choice(draws, layer: int, n: int):
+    """(op index, magnitude bin) of RandAugment's ``layer``."""
+    indices, magnitude_bins, signed = draws
+    if n == 1:
+        return indices, magnitude_bins
+    return indices[layer], (magnitude_bins[layer] if signed else magnitude_bins)
+
+
+@do_not_convert
+def _trivial_augment_draws(ops: list, num_magnitude_bins: int):
+    """Per image, as DALI's ``apply_trivial_augment``: (op index, signed magnitude bin)."""
+    magnitude_bin = fn.random.uniform(values=list(range(num_magnitude_bins)), dtype=types.INT32)
+    if any(op.randomly_negate for op in ops):
+        magnitude_bin = signed_bin(magnitude_bin)
+    index = fn.random.uniform(values=list(range(len(ops))), dtype=types.INT32)
+    return index, magnitude_bin
+
+
 # DALI 2.4's own equalize and sharpness still call the deprecated fn.experimental aliases, which
 # print a deprecation warning per process; these are the same ops on the stable names.
-@augmentation(name="equalize")
+@augmentation(name="equalize", augmentation_cls=_PlainAugmentation)
 def _equalize(data, _):
     return fn.equalize(data)
 
 
-@augmentation(name="sharpness", param_device="auto")
+@augmentation(name="sharpness", param_device="auto", augmentation_cls=_PlainAugmentation)
 def _sharpness(data, kernel):
     return fn.filter(data, kernel)
 
@@ -68,7 +205,7 @@ def _ops(wide: bool) -> dict:
         translate_x = aug.translate_x.augmentation((0, 150.0 / 331.0), True)
         translate_y = aug.translate_y.augmentation((0, 150.0 / 331.0), True)
     poster_bits = (8, 2) if wide else (8, 4)
-    return {
+    ops = {
         "Identity": aug.identity,
         "ShearX": aug.shear_x.augmentation((0, shear), True),
         "ShearY": aug.shear_y.augmentation((0, shear), True),
@@ -87,6 +224,7 @@ def _ops(wide: bool) -> dict:
         "Equalize": _equalize,
         "Invert": aug.invert,
     }
+    return {name: _plain(op) for name, op in ops.items()}
 
 
 OPS = _ops(wide=False)
@@ -206,6 +344,12 @@ class _DaliPolicyBase:
         if not (isinstance(self.fill, int) and 0 <= self.fill <= 255):
             raise ValueError(f"fill: expected an int in [0, 255], got {self.fill!r}")
 
+    def apply(self, images, crop: int):
+        """``images`` (a batch of crop x crop images in the pipeline being defined), augmented."""
+        with _untraced():
+            return self._apply(images, crop)
+
+    @do_not_convert
     def _kwargs(self, ops, crop: int) -> dict:
         # No `seed`: DALI 2.4's apply_* functions give that one seed to several random ops, so
         # e.g. AutoAugment's sub-policy choice and its apply-probability draws become correlated
@@ -244,18 +388,30 @@ class AutoAugment(_DaliPolicyBase):
     def policy(self) -> DaliPolicy:
         """The sub-policies as a DALI ``Policy`` (checked by DALI when built)."""
         if self.variant == "efficientnet":
-            return auto_augment.get_image_net_policy(use_shape=True)
+            dali = auto_augment.get_image_net_policy(use_shape=True)
+            # One plain copy per distinct op: DALI's apply groups a policy's ops by identity.
+            plain = {op: _plain(op) for op in dali.augmentations.values()}
+            sub_policies = [[(plain[op], p, bin_) for op, p, bin_ in sub] for sub in dali.sub_policies]
+            return DaliPolicy(dali.name, dali.num_magnitude_bins, sub_policies)
         sub_policies = [
             [(OPS[name], p, bin_) for name, p, bin_ in sub_policy]
             for sub_policy in AUTOAUGMENT_POLICIES[self.variant]
         ]
         return DaliPolicy(f"autoaugment-{self.variant}", AUTOAUGMENT_BINS, sub_policies)
 
-    def apply(self, images, crop: int):
+    def _apply(self, images, crop: int):
+        """DALI's ``apply_auto_augment``, with its draws made outside AutoGraph."""
         policy = self.policy
-        return auto_augment.apply_auto_augment(
-            policy, images, **self._kwargs(policy.augmentations.values(), crop)
-        )
+        kwargs = self._kwargs(policy.augmentations.values(), crop)
+        draws = _auto_augment_draws(policy)
+        for stage, ops in enumerate(draws[-1]):
+            if _stage_runs(draws, stage):
+                index, magnitude_bin = _stage_choice(draws, stage)
+                images = select(
+                    ops, index, images, magnitude_bin=magnitude_bin,
+                    num_magnitude_bins=policy.num_magnitude_bins, **kwargs,
+                )  # fmt: skip
+        return images
 
 
 @dataclass(frozen=True)
@@ -282,12 +438,18 @@ class RandAugment(_DaliPolicyBase):
     def ops(self) -> list:
         return [OPS[name] for name in UNIFORM_OPS]
 
-    def apply(self, images, crop: int):
+    def _apply(self, images, crop: int):
+        """DALI's ``apply_rand_augment``, with its draws made outside AutoGraph."""
         ops = self.ops
-        return rand_augment.apply_rand_augment(
-            ops, images, n=self.n, m=self.m, num_magnitude_bins=self.num_magnitude_bins,
-            **self._kwargs(ops, crop),
-        )  # fmt: skip
+        kwargs = self._kwargs(ops, crop)
+        draws = _rand_augment_draws(ops, self.n, self.m)
+        for layer in range(self.n):
+            index, magnitude_bin = _layer_choice(draws, layer, self.n)
+            images = select(
+                ops, index, images, magnitude_bin=magnitude_bin,
+                num_magnitude_bins=self.num_magnitude_bins, **kwargs,
+            )  # fmt: skip
+        return images
 
 
 @dataclass(frozen=True)
@@ -305,21 +467,36 @@ class TrivialAugment(_DaliPolicyBase):
     def ops(self) -> list:
         return [OPS_WIDE[name] for name in UNIFORM_OPS]
 
-    def apply(self, images, crop: int):
+    def _apply(self, images, crop: int):
+        """DALI's ``apply_trivial_augment``, with its draws made outside AutoGraph."""
         ops = self.ops
-        return trivial_augment.apply_trivial_augment(
-            ops, images, num_magnitude_bins=self.num_magnitude_bins,
-            **self._kwargs(ops, crop),
+        kwargs = self._kwargs(ops, crop)
+        index, magnitude_bin = _trivial_augment_draws(ops, self.num_magnitude_bins)
+        return select(
+            ops, index, images, magnitude_bin=magnitude_bin,
+            num_magnitude_bins=self.num_magnitude_bins, **kwargs,
         )  # fmt: skip
 
 
 # timm's RandAugment (timm/data/auto_augment.py). Its levels run 0-10 (`_LEVEL_DENOM`); each op maps
 # a level to its argument with timm's own formula (incl. its int() truncations). DALI looks the
 # argument up in a table over magnitude bins, so levels are kept at 1/100 resolution: bin = level *
-# 100. An integer `m` is then exact, and a noisy level (mstd) is rounded to 0.01.
+# 100. An integer `m` is then exact, and a noisy level (mstd) is rounded to the nearest 0.01.
+# The tables (2 x 1001 signed bins per op) are built once per layer when the pipeline is built;
+# that is cheap (~0.2 s for both layers) only because the ops are _PlainAugmentation, called
+# outside AutoGraph: under AutoGraph the same tables took 23-28 s (issue 25).
 TIMM_MAX_LEVEL = 10
 TIMM_BINS_PER_LEVEL = 100
 TIMM_NUM_BINS = TIMM_MAX_LEVEL * TIMM_BINS_PER_LEVEL + 1
+
+
+@do_not_convert
+def _timm_bin(level):
+    """The magnitude bin of a level: ``level * 100`` for an int, a per-sample level (a float
+    DataNode) rounded to the nearest 0.01 (DALI's cast to int rounds to nearest), bins 0-1000."""
+    if isinstance(level, int):
+        return level * TIMM_BINS_PER_LEVEL
+    return fn.cast(level * TIMM_BINS_PER_LEVEL, dtype=types.INT32)
 
 
 def _timm_level(magnitude) -> float:
@@ -358,7 +535,7 @@ def _timm_ops(increasing: bool) -> dict:
         enhance, enhance_signed = _timm_enhance, False
         posterize = lambda m: _timm_posterize_mask(int(_timm_level(m) * 4))  # noqa: E731
         solarize = lambda m: np.float32(int(_timm_level(m) * 256))  # noqa: E731
-    return {
+    ops = {
         "AutoContrast": aug.auto_contrast,
         "Equalize": _equalize,
         "Invert": aug.invert,
@@ -377,6 +554,7 @@ def _timm_ops(increasing: bool) -> dict:
         "TranslateX": timed(aug.translate_x, lambda m: np.float32([_timm_level(m) * 0.45, 0]), True),
         "TranslateY": timed(aug.translate_y, lambda m: np.float32([0, _timm_level(m) * 0.45]), True),
     }
+    return {name: _plain(op) for name, op in ops.items()}
 
 
 @dataclass(frozen=True)
@@ -386,6 +564,12 @@ class TimmRandAugment(_DaliPolicyBase):
     Per image, ``n`` ops are drawn uniformly (with replacement) from timm's 15; each is applied
     with probability ``p`` at level ``m`` of 10, or, with ``mstd > 0``, at a level drawn per op
     from N(m, mstd) (``mstd=inf``: uniform in [0, m]), clipped to [0, 10] as timm does.
+
+    Resolution: an integer ``m`` with ``mstd=0`` is exact. A drawn level is rounded to the nearest
+    0.01 (magnitude bin ``round(level * 100)`` of 1001) before timm's level-to-argument formulas
+    are applied, where timm applies them to the float itself; e.g. a drawn 8.734 rotates by
+    timm's angle at 8.73 (26.19 degrees, not 26.202), and the steps of timm's ``int()``
+    truncations (Posterize, Solarize, SolarizeAdd) move by less than 0.005 of a level.
 
     Args:
         n: ops per image (timm's ``n``, default 2).
@@ -464,22 +648,31 @@ class TimmRandAugment(_DaliPolicyBase):
     def ops(self) -> list:
         return list(_timm_ops(self.increasing).values())
 
-    def _level_bin(self):
-        """This layer's magnitude bin: a constant, or a per-sample draw when ``mstd > 0``."""
+    @do_not_convert
+    def _level(self):
+        """This layer's level: the int ``m`` (clipped to 10), or a per-sample float draw (a
+        DataNode) when ``mstd > 0``, distributed as timm draws it."""
         m = min(self.m, TIMM_MAX_LEVEL)
         if self.mstd == 0:
-            return m * TIMM_BINS_PER_LEVEL
+            return m
         if math.isinf(self.mstd):
-            level = fn.random.uniform(range=[0.0, float(m)])
-        else:
-            level = dali_math.clamp(
-                fn.random.normal(mean=float(m), stddev=float(self.mstd)), 0.0, float(TIMM_MAX_LEVEL)
-            )
-        # DALI casts float to int by rounding to nearest: the level to 0.01, at most bin 1000.
-        return fn.cast(level * TIMM_BINS_PER_LEVEL, dtype=types.INT32)
+            return fn.random.uniform(range=[0.0, float(m)])
+        return dali_math.clamp(
+            fn.random.normal(mean=float(m), stddev=float(self.mstd)), 0.0, float(TIMM_MAX_LEVEL)
+        )
 
-    def apply(self, images, crop: int):
-        ops = [*self.ops, aug.identity]  # identity: the drawn op was skipped (probability 1 - p)
+    @do_not_convert
+    def _level_bin(self):
+        """This layer's magnitude bin: ``m * 100`` (exact), or the drawn level rounded to 0.01."""
+        return _timm_bin(self._level())
+
+    @do_not_convert
+    def _signed_level_bin(self):
+        """This layer's bin with a per-sample random sign, drawn before ``select`` splits the batch."""
+        return signed_bin(self._level_bin())
+
+    def _apply(self, images, crop: int):
+        ops = [*self.ops, _IDENTITY]  # identity: the drawn op was skipped (probability 1 - p)
         kwargs = self._kwargs(ops, crop)
         skip_index = len(ops) - 1
         for _ in range(self.n):
@@ -488,7 +681,7 @@ class TimmRandAugment(_DaliPolicyBase):
                 applied = fn.random.coin_flip(probability=self.p, dtype=types.INT32)
                 index = index * applied + skip_index * (1 - applied)
             images = select(
-                ops, index, images, magnitude_bin=signed_bin(self._level_bin()),
+                ops, index, images, magnitude_bin=self._signed_level_bin(),
                 num_magnitude_bins=TIMM_NUM_BINS, **kwargs,
             )  # fmt: skip
         return images

@@ -270,3 +270,201 @@ def test_timm_randaugment_applies_its_ops_at_probability_half(grey_folder, polic
     expected = 1 - (1 - 0.5 * 5 / 15) ** parsed.n
     result = chisquare([changed, seen - changed], [expected * seen, (1 - expected) * seen])
     assert result.pvalue > 1e-3, (changed, seen, expected)
+
+
+# timm's names for the ops of _timm_ops (its TranslateX/Y are the relative ones; inc1 ops are the
+# "Increasing" variants).
+TIMM_INCREASING = {"Posterize", "Solarize", "Color", "Contrast", "Brightness", "Sharpness"}
+
+
+def timm_name(name: str, increasing: bool) -> str:
+    if name in ("TranslateX", "TranslateY"):
+        return name + "Rel"
+    return name + "Increasing" if increasing and name in TIMM_INCREASING else name
+
+
+def our_argument(op, magnitude) -> float:
+    """The argument our parameter for ``magnitude`` gives, in timm's units (one number)."""
+    param = np.asarray(op.mag_to_param(magnitude))
+    if op.name in ("shear_x", "translate_x"):  # (x, y) vectors
+        return float(param[0])
+    if op.name in ("shear_y", "translate_y"):
+        return float(param[1])
+    return timm_argument(op, magnitude) if param.size > 1 or op.name == "posterize" else float(param)
+
+
+@pytest.mark.parametrize("increasing", [False, True], ids=["default", "inc1"])
+def test_timm_parameter_tables_equal_timms_level_to_arg_at_every_bin(increasing, monkeypatch):
+    # The table DALI builds for a per-sample bin: magnitudes linspace(0, 10, 1001) (float32, as
+    # DALI's Augmentation._get_magnitudes makes them), each negated for a signed op, through
+    # mag_to_param. At bin b it must be timm's LEVEL_TO_ARG at level b / 100, both signs, with timm's
+    # own random negation fixed to each sign in turn.
+    import timm.data.auto_augment as timm_aa
+
+    from dalaug.policies import TIMM_BINS_PER_LEVEL, TIMM_NUM_BINS
+
+    assert TIMM_NUM_BINS == TIMM_MAX_LEVEL * TIMM_BINS_PER_LEVEL + 1
+    ops = _timm_ops(increasing)
+    expected_names = timm_aa._RAND_INCREASING_TRANSFORMS if increasing else timm_aa._RAND_TRANSFORMS
+    assert [timm_name(name, increasing) for name in ops] == expected_names  # timm's ops, in order
+    hparams = {"translate_pct": 0.45}  # timm's default for TranslateXRel/YRel
+    for name, op in ops.items():
+        level_to_arg = timm_aa.LEVEL_TO_ARG[timm_name(name, increasing)]
+        if level_to_arg is None:
+            assert op.mag_range is None, name
+            continue
+        assert tuple(op.mag_range) == (0, TIMM_MAX_LEVEL), name
+        magnitudes = np.linspace(*op.mag_range, TIMM_NUM_BINS, dtype=np.float32)
+        for sign in (1, -1) if op.randomly_negate else (1,):
+            monkeypatch.setattr(timm_aa, "_randomly_negate", lambda v, sign=sign: sign * v)
+            ours = [our_argument(op, np.float32(sign * m)) for m in magnitudes]
+            theirs = [level_to_arg(b / TIMM_BINS_PER_LEVEL, hparams)[0] for b in range(TIMM_NUM_BINS)]
+            np.testing.assert_allclose(ours, theirs, atol=1e-5, err_msg=f"{name}, sign {sign}")
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected_bin"),
+    [("rand-m9", 900), ("rand-m0", 0), ("rand-m7-inc1", 700), ("rand-m15", 1000)],  # timm clips m to 10
+)
+def test_timm_integer_level_is_a_constant_exact_bin(policy, expected_bin):
+    assert resolve_policy(policy)._level_bin() == expected_bin
+
+
+@pytest.mark.parametrize("policy", ["rand-m9-mstd0.5", "rand-m7-mstd0.5-inc1", "rand-m9-mstd101"])
+def test_timm_noisy_level_is_timms_draw_rounded_to_hundredths(policy):
+    # The per-sample level is drawn as timm draws it (N(m, mstd) clipped to [0, 10]; mstd > 100:
+    # uniform in [0, m]) and its bin is that level rounded to the nearest 0.01.
+    from nvidia.dali import pipeline_def
+    from scipy.stats import kstest, norm, uniform
+
+    from dalaug.policies import _timm_bin
+
+    parsed = resolve_policy(policy)
+
+    @pipeline_def(batch_size=2000, num_threads=1, device_id=None, seed=5)
+    def levels():
+        level = parsed._level()  # what _level_bin passes to _timm_bin
+        return level, _timm_bin(level)
+
+    pipe = levels()
+    pipe.build()
+    level, bins = (np.array(out.as_array()).ravel() for out in pipe.run())
+    assert bins.dtype == np.int32 and 0 <= bins.min() and bins.max() <= 1000
+    assert np.abs(bins - level * 100).max() <= 0.5 + 1e-3  # rounded to nearest, not truncated
+    if np.isinf(parsed.mstd):
+        reference = uniform(0, parsed.m).cdf
+    else:
+        reference = lambda x: np.where(x >= TIMM_MAX_LEVEL, 1.0, norm(parsed.m, parsed.mstd).cdf(x))  # noqa: E731
+    assert 0 <= level.min() and level.max() <= TIMM_MAX_LEVEL
+    assert kstest(level, reference).pvalue > 1e-3, policy
+
+
+def test_every_policy_op_is_called_outside_autograph():
+    # Issue 25: DALI's parameter tables, built per bin under AutoGraph, took 23-28 s per build of
+    # rand-m9-mstd0.5. Every op a policy hands to DALI must be a _PlainAugmentation (the speed
+    # itself is measured in benchmarks/bench_build.py, not here).
+    from dalaug.policies import _PlainAugmentation
+
+    tables = [OPS, OPS_WIDE, _timm_ops(False), _timm_ops(True)]
+    ops = [op for table in tables for op in table.values()]
+    for variant in (*AUTOAUGMENT_POLICIES, "efficientnet"):
+        ops += list(dalaug.AutoAugment(variant).policy.augmentations.values())
+    assert [op for op in ops if not isinstance(op, _PlainAugmentation)] == []
+
+
+def test_efficientnet_policy_is_dalis_image_net_policy():
+    from nvidia.dali.auto_aug import auto_augment
+
+    dali = auto_augment.get_image_net_policy(use_shape=True)
+    ours = dalaug.AutoAugment("efficientnet").policy
+    assert (ours.name, ours.num_magnitude_bins) == (dali.name, dali.num_magnitude_bins)
+
+    def described(policy):
+        return [
+            [(op.name, op.op, op.mag_range, op.randomly_negate, op.mag_to_param, p, b) for op, p, b in sub]
+            for sub in policy.sub_policies
+        ]
+
+    assert described(ours) == described(dali)
+    assert len(ours.augmentations) == len(dali.augmentations)  # one op per distinct DALI op
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        dalaug.AutoAugment("imagenet"),
+        dalaug.AutoAugment("cifar10", interpolation="bilinear", fill=7),
+        dalaug.AutoAugment("efficientnet"),
+        dalaug.RandAugment(),
+        dalaug.RandAugment(n=1, m=15),
+        dalaug.TrivialAugment(),
+    ],
+    ids=["imagenet", "cifar10", "efficientnet", "randaugment", "randaugment-n1", "ta_wide"],
+)
+def test_policies_draw_as_dalis_apply_functions(policy):
+    # apply makes its draws outside AutoGraph instead of calling DALI's apply_auto_augment /
+    # apply_rand_augment / apply_trivial_augment: the same ops in the same order, so the same
+    # pipeline seed must give the same pixels as DALI's functions (EfficientNet: DALI's own policy).
+    from nvidia.dali import fn, pipeline_def
+    from nvidia.dali.auto_aug import auto_augment, rand_augment, trivial_augment
+
+    rng = np.random.default_rng(0)
+    batches = [[rng.integers(0, 256, (CROP, CROP, 3), dtype=np.uint8) for _ in range(16)] for _ in range(3)]
+
+    def dalis(images):
+        if isinstance(policy, dalaug.AutoAugment):
+            dali_policy = (
+                auto_augment.get_image_net_policy(use_shape=True)
+                if policy.variant == "efficientnet"
+                else policy.policy
+            )
+            kwargs = policy._kwargs(dali_policy.augmentations.values(), CROP)
+            return auto_augment.apply_auto_augment(dali_policy, images, **kwargs)
+        kwargs = policy._kwargs(policy.ops, CROP)
+        if isinstance(policy, dalaug.RandAugment):
+            return rand_augment.apply_rand_augment(
+                policy.ops, images, n=policy.n, m=policy.m, num_magnitude_bins=policy.num_magnitude_bins,
+                **kwargs,
+            )  # fmt: skip
+        return trivial_augment.apply_trivial_augment(
+            policy.ops, images, num_magnitude_bins=policy.num_magnitude_bins, **kwargs
+        )
+
+    def outputs(apply) -> list[np.ndarray]:
+        @pipeline_def(batch_size=16, num_threads=1, device_id=None, seed=11, enable_conditionals=True)
+        def pipe():
+            images = fn.external_source(source=iter(batches), batch=True, layout="HWC")
+            return apply(images)
+
+        built = pipe()
+        built.build()
+        return [np.stack([np.array(t) for t in built.run()[0]]) for _ in batches]
+
+    ours = outputs(lambda images: policy.apply(images, CROP))
+    theirs = outputs(dalis)
+    for mine, reference in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(mine, reference)
+    assert any((a != b).any() for a, b in zip(ours, batches, strict=True))  # the policy did act
+
+
+def test_policies_leave_dalis_op_tracing_as_they_found_it():
+    # A policy turns DALI's record of op origins off while it makes its ops (see _untraced), and
+    # back on after, also when making them fails.
+    from nvidia.dali._utils import dali_trace
+
+    from dalaug.policies import _untraced
+
+    assert dali_trace.is_tracing_enabled()
+    with _untraced():
+        assert not dali_trace.is_tracing_enabled()
+    assert dali_trace.is_tracing_enabled()
+    with pytest.raises(RuntimeError), _untraced():
+        raise RuntimeError("an op could not be made")
+    assert dali_trace.is_tracing_enabled()
+    dali_trace.set_tracing(enabled=False)  # off already (a user's choice): left off
+    try:
+        with _untraced():
+            pass
+        assert not dali_trace.is_tracing_enabled()
+    finally:
+        dali_trace.set_tracing(enabled=True)
