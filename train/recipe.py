@@ -16,6 +16,8 @@ from pathlib import Path
 from dalaug import Phase
 
 LR_SCHEDULES = ("step", "cosine")
+# Fields that say how a run is kept (checkpoints, signals), not what it trains: a resume may change them.
+RUN_KEEPING = ("checkpoint_steps", "checkpoint_minutes", "stop_grace")
 PRECISIONS = ("bf16", "fp16", "fp32")
 
 
@@ -52,6 +54,18 @@ class Recipe:
         channels_last: memory format on a GPU.
         gap_samples: training samples the gap monitor measures each epoch (0: off).
         seed: seed of the loaders, the operators and the model's initialisation.
+        checkpoint_steps: also checkpoint mid-epoch every this many training steps (0: off). Bounds
+            the work a SIGKILL or a lost node costs in steps.
+        checkpoint_minutes: also checkpoint mid-epoch when this many minutes have passed since the
+            last checkpoint (0: off). The default, 10, costs well under 1% of training time
+            (BENCHMARKS.md, "Checkpoints and preemption") and bounds what a SIGKILL loses on long
+            epochs. Every epoch still ends with a checkpoint.
+        stop_grace: seconds the scheduler leaves between its SIGTERM and its SIGKILL (SLURM's
+            KillWait and Kubernetes' terminationGracePeriodSeconds are 30 by default). The ranks
+            agree on a stop often enough to answer a signal within a tenth of it, and a checkpoint
+            that took more than half of it is warned about.
+
+    The last three say how the run is kept, not what it trains: a resume may change them.
     """
 
     name: str
@@ -78,6 +92,9 @@ class Recipe:
     channels_last: bool = True
     gap_samples: int = 256
     seed: int = 0
+    checkpoint_steps: int = 0
+    checkpoint_minutes: float = 10.0
+    stop_grace: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.phases or not all(isinstance(p, Phase) for p in self.phases):
@@ -108,6 +125,13 @@ class Recipe:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         if not isinstance(self.gap_samples, int) or self.gap_samples < 0:
             raise ValueError(f"gap_samples: expected an int >= 0, got {self.gap_samples!r}")
+        steps = self.checkpoint_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"checkpoint_steps: expected an int >= 0 (0: off), got {steps!r}")
+        for name in ("checkpoint_minutes", "stop_grace"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
         if self.cosine_epochs is not None:
             self._check_cosine_epochs()
 
