@@ -33,6 +33,13 @@ THREADS = 2
 TARGET_S = 2.0  # issue 25: every policy's pipeline builds in <= 2 s on a 2-core CPU
 # timm's strings as `--aa` passes them, then dalaug's and torchvision's names; "none" is the graph
 # without a policy (decode, crop, flip, normalize), the floor every policy builds on.
+# Before the fix (CPU seconds, the medians of 2 fresh processes; 1 for the mstd strings, which took
+# minutes): kept as text, since this script measures only the code it runs with.
+BEFORE_FIRST_CPU = (
+    "68-90 CPU-s for `rand-m9-mstd0.5`, `rand-m9-mstd0.5-inc1` and `rand-m7-mstd0.5-inc1` (86, 102 "
+    "and 306 s wall), 4.4-5.9 CPU-s for every other policy (`rand-m9` 5.5, `autoaugment` 5.2)"
+)
+BEFORE_REBUILD_CPU = "75-97 CPU-s for the `mstd` strings and 0.9-1.9 CPU-s for the others"
 POLICIES = (
     "none", "rand-m9-mstd0.5", "rand-m9-mstd0.5-inc1", "rand-m9", "rand-m7-mstd0.5-inc1",
     "autoaugment", "randaugment", "ta_wide", "imagenet", "cifar10", "svhn", "efficientnet",
@@ -144,13 +151,17 @@ def main() -> None:
         f"(once per process). Load average (1 min) before/after: {load_before:.1f}/{load_after:.1f} on "
         f"{cores} cores; wall times scale with it where other jobs share the cores, CPU times less.\n\n"
         f"{table}\n\n"
-        f"Issue 25: before the fix, timm's `rand-m9-mstd0.5` took 23-28 s per build on this machine "
-        f"(65 s at load 3.6, 127-206 s at load 5-6): DALI computed its parameter tables (1001 "
-        f"magnitude bins per op) with one `mag_to_param` call per bin under AutoGraph, each copying "
-        f"the source maps of the converted frames above it. The ops are now called outside AutoGraph "
-        f"(`dalaug.policies._PlainAugmentation`), and the policies' draws are made by helpers "
-        f"AutoGraph does not convert, which also shortens every policy's first build in a process; "
-        f"the graphs, and the pixels a seed gives, are unchanged.\n"
+        f"Issue 25, before the fix (`dalaug/policies.py` as of 4e8e0dc), measured with the same "
+        f"builds in fresh processes, old and new alternating on this machine at load 1.6-4.6: the "
+        f"first build took {BEFORE_FIRST_CPU}; a second build in the same process "
+        f"{BEFORE_REBUILD_CPU}. timm's strings with `mstd` (23-28 s in the issue) spent it in DALI's "
+        f"parameter tables (1001 magnitude bins per op), one `mag_to_param` call per bin under "
+        f"AutoGraph, each merging the source maps of the converted frames above it. Now the ops are "
+        f"called outside AutoGraph (`dalaug.policies._PlainAugmentation`), the policies' draws are "
+        f"made by helpers AutoGraph does not convert (no more conversion of DALI's apply_* functions "
+        f"at each process's first build), and DALI's record of each op's origin is off while a "
+        f"policy makes its ops (`_untraced`); the graphs, and the pixels a seed gives, are unchanged "
+        f"(tests/test_policies.py).\n"
     )
     print(markdown)
     if args.write:
