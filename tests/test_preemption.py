@@ -519,18 +519,28 @@ def test_resume_on_another_world_size_serves_what_the_epoch_had_not_delivered_on
     runs = {rank: replay(out, rank)[0] for rank in range(max(2, world_size))}
     for rank in range(2, world_size):  # the new ranks start at the saved step
         assert starts(out, rank) and starts(out, rank)[0]["global_step"] == stopped_at
-    counts = by_epoch(list(runs.values()))
-    for e, ids in counts.items():
-        if e != epoch:
+    lines = [record for kept in runs.values() for record in kept]
+    for e in range(EPOCHS):
+        if e != epoch:  # before the cut on 2 ranks, after it on the new ones: each sample once
+            ids = Counter(i for r in lines if r["epoch"] == e for i in r["ids"])
             assert set(ids) == set(range(SAMPLES)) and max(ids.values()) == 1, e
             continue
-        # The epoch cut: what the 2 ranks had delivered, then the rest shared out among the new
-        # ones: padding to equal shares (< world_size duplicates) and drop_last's cut of a share
-        # (< batch per rank) aside, each sample once.
-        remaining = SAMPLES - 2 * BATCH * step
-        duplicates = sum(n - 1 for n in ids.values())
-        missing = SAMPLES - len(ids)
-        assert duplicates < world_size and missing < world_size * BATCH, (step, duplicates, missing)
+        # The epoch cut: what the 2 ranks delivered (each once), then the samples they had not
+        # delivered, shared out among the new ranks: none served again. Padding the shares to
+        # equal whole batches repeats a few of the rest, drop_last's cut of a share leaves a few
+        # out (fewer than a batch per rank each); with shares of whole batches, neither.
+        before = Counter(
+            i for r in lines if r["epoch"] == e and r["global_step"] <= stopped_at for i in r["ids"]
+        )
+        after = Counter(
+            i for r in lines if r["epoch"] == e and r["global_step"] > stopped_at for i in r["ids"]
+        )
+        assert sum(before.values()) == 2 * BATCH * step and max(before.values()) == 1, step
+        assert not set(before) & set(after), (step, sorted(set(before) & set(after)))
+        remaining = SAMPLES - len(before)
+        duplicates = sum(after.values()) - len(after)
+        missing = remaining - len(after)
+        assert duplicates < world_size * BATCH and missing < world_size * BATCH, (step, duplicates, missing)
         if remaining % (world_size * BATCH) == 0:
             assert duplicates == missing == 0, step
     assert [r["epoch"] for r in history(out)] == list(range(EPOCHS))

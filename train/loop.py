@@ -497,7 +497,7 @@ class Trainer:
         """After a step: (stop, checkpoint now), the same on every rank.
 
         One process checks every step (no cost). Ranks agree by a collective of three integers
-        every few steps only (about 3 ms on 2 CPU ranks over gloo here): as many steps as take a
+        every few steps only (1-3 ms on 2 CPU ranks over gloo: BENCHMARKS.md): as many steps as take a
         tenth of ``stop_grace`` (rank 0 measures), and at every ``checkpoint_steps`` multiple and
         the epoch's last step. The checkpoint due at the last step is the epoch's own."""
         if not self.checkpoint:
