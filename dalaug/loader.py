@@ -824,10 +824,23 @@ LOCAL_WORLD_SIZE_VARIABLES = ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "SLUR
 def _local_world_size(sharding: Sharding) -> int:
     """The ranks on this node, which share its cores; the whole world where no launcher says."""
     for name in LOCAL_WORLD_SIZE_VARIABLES:
-        match = re.match(r"\d+", os.environ.get(name, ""))
-        if match and int(match.group()) > 0:
-            return min(int(match.group()), sharding.world_size)
+        count = _tasks_on_this_node(os.environ.get(name, ""), os.environ.get("SLURM_NODEID", "0"))
+        if count:
+            return min(count, sharding.world_size)
     return sharding.world_size
+
+
+def _tasks_on_this_node(value: str, node_id: str) -> int | None:
+    """A count as launchers write it: "4", or SLURM's per-node list "4(x2),3" (4 tasks on each of
+    the first two nodes, 3 on the third) read at ``node_id``; None: unset or unreadable."""
+    counts: list[int] = []
+    for part in value.strip().split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:\(x(\d+)\))?\s*", part)
+        if match is None:
+            return None
+        counts += [int(match[1])] * int(match[2] or 1)
+    node = int(node_id) if node_id.strip().isdigit() else 0
+    return counts[min(node, len(counts) - 1)] or None
 
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DecodeError", "Loader"]

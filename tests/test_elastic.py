@@ -101,6 +101,7 @@ def test_a_state_resumed_elsewhere_can_be_saved_and_resumed_again(photo_folder, 
         ({"LOCAL_WORLD_SIZE": "2"}, 2),
         ({"SLURM_NTASKS_PER_NODE": "4"}, 4),
         ({"SLURM_TASKS_PER_NODE": "4(x2)"}, 4),  # srun without --ntasks-per-node
+        ({"SLURM_TASKS_PER_NODE": "4(x2),3", "SLURM_NODEID": "2"}, 3),  # the third node's count
         ({"OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, 2),
         ({}, 8),  # no launcher says: the whole world (one node)
     ],
@@ -109,7 +110,7 @@ def test_the_ranks_sharing_a_node_come_from_the_launcher(monkeypatch, variables,
     from dalaug.feed import Sharding
     from dalaug.loader import LOCAL_WORLD_SIZE_VARIABLES, _local_world_size
 
-    for name in LOCAL_WORLD_SIZE_VARIABLES:
+    for name in (*LOCAL_WORLD_SIZE_VARIABLES, "SLURM_NODEID"):
         monkeypatch.delenv(name, raising=False)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
