@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import threading
@@ -38,6 +37,7 @@ import dalaug
 from dalaug import checkpoint
 from dalaug.compose import apply_operators, leaf_operators
 from dalaug.config import resolve_device
+from dalaug.loader import _tasks_on_this_node  # the launchers' counts, read one way
 from dalaug.ops import ManifoldMixup
 from dalaug.schedule import unfaded
 from train.models import create_model
@@ -124,20 +124,6 @@ def local_world_size() -> int:
             _HOST_COUNTS[world_size] = hosts.count(socket.gethostname())
         return _HOST_COUNTS[world_size]
     return world_size
-
-
-def _tasks_on_this_node(value: str, node_id: str) -> int | None:
-    """A count as the launchers write it: ``"4"``, or SLURM's per-node list ``"4(x2),3"`` (4 tasks on
-    each of the first two nodes, 3 on the third) read at ``node_id``; None: unset or unreadable."""
-    counts: list[int] = []
-    for part in value.strip().split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:\(x(\d+)\))?\s*", part)
-        if match is None:
-            return None
-        counts += [int(match[1])] * int(match[2] or 1)
-    node = int(node_id) if node_id.strip().isdigit() else 0
-    count = counts[min(node, len(counts) - 1)] if counts else 0
-    return count or None
 
 
 class StopSignals:
