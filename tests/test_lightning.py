@@ -333,14 +333,19 @@ def test_a_shuffled_evaluation_loader_gets_lightnings_warning(photo_folder):
         pl.Trainer(devices=1, **QUIET).validate(Classifier(), datamodule=Shuffled(photo_folder))
 
 
+def _fit_checkpointing(datamodule, tmp_path, record, keep, **fit_options):
+    """Two epochs, a checkpoint every 3 steps (``keep`` of them), batches seen by ``record``."""
+    checkpoints = ModelCheckpoint(tmp_path, "{epoch}-{step}", every_n_train_steps=3, save_top_k=keep)
+    trainer = pl.Trainer(max_epochs=2, devices=1, callbacks=[record, checkpoints], limit_val_batches=0,
+                         **QUIET)  # fmt: skip
+    trainer.fit(Classifier(), datamodule=datamodule, **fit_options)
+
+
 def test_a_checkpoint_saved_mid_epoch_resumes_at_the_next_batch(photo_folder, tmp_path):
     # Lightning keeps the loader's state_dict in its checkpoints (fit_loop.py on_save_checkpoint)
     # and hands it back on resuming: the run goes on with the batch after the checkpoint.
     def fit(record, keep, **fit_options):
-        checkpoints = ModelCheckpoint(tmp_path, "{epoch}-{step}", every_n_train_steps=3, save_top_k=keep)
-        trainer = pl.Trainer(max_epochs=2, devices=1, callbacks=[record, checkpoints], limit_val_batches=0,
-                             **QUIET)  # fmt: skip
-        trainer.fit(Classifier(), datamodule=Photos(photo_folder), **fit_options)
+        _fit_checkpointing(Photos(photo_folder), tmp_path, record, keep, **fit_options)
 
     whole, resumed = Record(), Record()
     fit(whole, keep=-1)
@@ -354,10 +359,7 @@ def test_a_checkpoint_saved_mid_epoch_resumes_at_the_next_batch(photo_folder, tm
 
 def test_a_schedule_resumes_mid_epoch_at_the_next_batch(photo_folder, tmp_path):
     def fit(record, keep, **fit_options):
-        checkpoints = ModelCheckpoint(tmp_path, "{epoch}-{step}", every_n_train_steps=3, save_top_k=keep)
-        trainer = pl.Trainer(max_epochs=2, devices=1, callbacks=[record, checkpoints], limit_val_batches=0,
-                             **QUIET)  # fmt: skip
-        trainer.fit(Classifier(), datamodule=ScheduledPhotos(photo_folder), **fit_options)
+        _fit_checkpointing(ScheduledPhotos(photo_folder), tmp_path, record, keep, **fit_options)
 
     whole, resumed = Record(), Record()
     fit(whole, keep=-1)
