@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dalaug.compose import apply_operators, leaf_operators
+from dalaug.ops.kornia import as_operator
 from dalaug.ops.manifold import ManifoldMixup
 
 
@@ -71,7 +72,8 @@ def measure_gap(
         model: the classifier; its logits' width is the number of classes.
         clean: batches ``(images, targets)`` of the clean pipeline, targets int64 (B,).
         operators: batch operators, e.g. the heavy phase's Mixup (not :class:`~dalaug.Fade`
-            wrappers: pass ``fade.op``). Empty: the augmentation is the ``augmented`` pipeline's.
+            wrappers: pass ``fade.op``), kornia augmentation modules included. Empty: the
+            augmentation is the ``augmented`` pipeline's.
         augmented: batches of the same samples, in the same order, through the augmented
             pipeline: e.g. a Loader with the policy and the clean one's seed, set to the same
             epoch. None: the operators act on the clean batches.
@@ -103,6 +105,7 @@ def measure_gap(
     for op in operators:
         if not callable(op):
             raise TypeError(f"operators: expected batch operators (callables), got {op!r}")
+    operators = [as_operator(op) for op in operators]  # kornia's modules: wrapped, seeded from ours
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: expected an int, got {seed!r}")
     lengths = (_length(clean), None if augmented is None else _length(augmented))

@@ -35,6 +35,7 @@ from nvidia.dali.backend import ReleaseUnusedMemory
 
 from dalaug.compose import apply_operators
 from dalaug.config import LoaderConfig
+from dalaug.ops.kornia import as_operator
 from dalaug.policies import PolicyLike, resolve_policy
 from dalaug.views import BatchSamplerView, SamplerView
 
@@ -55,7 +56,8 @@ class Fade:
     shallow, so a seeded operator's generator carries on across epochs as it would unfaded.
 
     Args:
-        op: a batch operator with a positive ``p`` or ``alpha`` attribute (e.g. ``dalaug.ops.Mixup``).
+        op: a batch operator with a positive ``p`` or ``alpha`` attribute (e.g. ``dalaug.ops.Mixup``,
+            or a kornia augmentation, whose ``p`` fades; see ``dalaug.ops.KorniaOp``).
         attribute: ``"p"`` (probability, as the paper faded CutMix) or ``"alpha"`` (the Beta
             parameter, as the paper faded Mixup's γ).
 
@@ -74,6 +76,7 @@ class Fade:
             raise ValueError(f"attribute: expected 'p' or 'alpha', got {self.attribute!r}")
         if isinstance(self.op, Fade) or not callable(self.op):
             raise TypeError(f"op: expected a batch operator (a callable), got {self.op!r}")
+        object.__setattr__(self, "op", as_operator(self.op))
         value = getattr(self.op, self.attribute, None)
         if isinstance(value, bool) or not isinstance(value, Real) or not value > 0:
             raise ValueError(
@@ -114,6 +117,7 @@ class Phase:
             ``"trivialaugment"``, a policy object, or None for the clean pipeline (crop + flip).
         operators: batch operators run in order on each batch, each on the previous one's output
             (may be empty); wrap one in :class:`Fade` to decay its ``p`` or ``alpha`` over the phase.
+            kornia augmentation modules are taken too (wrapped in ``dalaug.ops.KorniaOp``).
         lr: a learning rate for this phase (absolute), e.g. the paper's 1e-4 for ImageNet refinement.
         lr_scale: or a multiplier of the loop's own learning rate. At most one of the two.
         name: a label to log.
@@ -146,7 +150,7 @@ class Phase:
         for op in self.operators:
             if not (isinstance(op, Fade) or callable(op)):
                 raise TypeError(f"operators: expected batch operators (callables), got {op!r}")
-        object.__setattr__(self, "operators", tuple(self.operators))
+        object.__setattr__(self, "operators", tuple(as_operator(op) for op in self.operators))
         if self.lr is not None and self.lr_scale is not None:
             raise ValueError(f"lr, lr_scale: give at most one, got lr={self.lr}, lr_scale={self.lr_scale}")
         for name in ("lr", "lr_scale"):

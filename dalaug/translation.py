@@ -43,7 +43,8 @@ from torchvision import datasets
 from torchvision import transforms as v1
 from torchvision.transforms import v2
 
-from dalaug.ops import BatchOp, CutMix, Mixup, RandomChoice, RandomErasing
+from dalaug.ops import BatchOp, CutMix, Mixup, RandomChoice, RandomErasing, as_operator
+from dalaug.ops.kornia import is_kornia
 from dalaug.policies import AutoAugment, RandAugment, TimmRandAugment, TrivialAugment
 from dalaug.sources import Samples
 
@@ -566,15 +567,16 @@ MODULE_ATTRIBUTES = frozenset(vars(torch.nn.Module()))
 
 def translate_operators(given: Any, num_classes: int | None = None) -> list[BatchOp]:
     """dalaug operators for ``operators=`` as scripts write them: dalaug's own, torchvision v2's
-    ``MixUp`` / ``CutMix`` / ``RandomChoice`` of them, timm's ``Mixup`` / ``FastCollateMixup``.
+    ``MixUp`` / ``CutMix`` / ``RandomChoice`` of them, timm's ``Mixup`` / ``FastCollateMixup``,
+    kornia's 2-D augmentation modules (wrapped by :func:`dalaug.ops.as_operator`).
 
     torchvision's mix one λ per batch, every batch, sample i with i - 1 (``partner="roll"``), no
     smoothing; timm's as its arguments say (see :func:`timm_mixing`).
     """
     if given is None:
         return []
-    if isinstance(given, BatchOp):
-        return [given]
+    if isinstance(given, BatchOp) or is_kornia(given):
+        return [as_operator(given)]
     if type(given) in MIXING:
         return [MIXING[type(given)](given)]
     reference = _reference_mixing(given)
@@ -583,8 +585,8 @@ def translate_operators(given: Any, num_classes: int | None = None) -> list[Batc
     if isinstance(given, Sequence) and not isinstance(given, (str, bytes)):
         return [op for item in given for op in translate_operators(item, num_classes)]
     raise TypeError(
-        f"operators: expected dalaug batch operators, torchvision v2 MixUp / CutMix / RandomChoice or timm's "
-        f"Mixup, got {given!r}"
+        f"operators: expected dalaug batch operators, torchvision v2 MixUp / CutMix / RandomChoice, timm's "
+        f"Mixup or kornia augmentation modules, got {given!r}"
     )
 
 

@@ -467,7 +467,8 @@ class RandomChoice(BatchOp):
     waits for the device. A per-sample choice would need every operator run on every batch.
 
     Args:
-        ops: the operators to choose from (any ``BatchOp``, including another ``RandomChoice``).
+        ops: the operators to choose from (any ``BatchOp``, including another ``RandomChoice``;
+            a kornia augmentation module is wrapped in ``dalaug.ops.KorniaOp``).
         p: their probabilities (non-negative, summing to 1); ``None`` picks uniformly.
         seed: seeds the CPU generator of the pick. A ``generator`` passed to a call is used for the
             pick and then handed to the chosen operator; without one, each operator draws from its
@@ -490,8 +491,11 @@ class RandomChoice(BatchOp):
         self, ops: Sequence[BatchOp], p: Sequence[float] | None = None, *, seed: int | None = None
     ) -> None:
         super().__init__(seed=seed)
+        from dalaug.ops.kornia import as_operator  # that module builds on this one
+
         if isinstance(ops, BatchOp) or not isinstance(ops, Sequence) or len(ops) == 0:
             raise TypeError("ops must be a non-empty sequence of batch operators")
+        ops = [as_operator(op) for op in ops]
         for op in ops:
             if not isinstance(op, BatchOp):
                 raise TypeError(f"ops must hold batch operators, got {type(op).__name__}")

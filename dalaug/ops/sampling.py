@@ -42,6 +42,12 @@ def check_generator(generator: object) -> torch.Generator | None:
     return generator
 
 
+def host_seed(generator: torch.Generator | None) -> int:
+    """One draw in [0, 2**63) from a CPU ``generator`` (None: torch's default CPU one): the seed of
+    everything a call draws next, so the generator's state alone decides the call's draws."""
+    return torch.empty((), dtype=torch.int64).random_(generator=generator).item()  # a CPU tensor: no sync
+
+
 def host_rng(generator: torch.Generator | None) -> np.random.Generator:
     """A numpy generator seeded by one draw from ``generator`` (None: torch's default CPU one).
 
@@ -52,7 +58,7 @@ def host_rng(generator: torch.Generator | None) -> np.random.Generator:
         >>> draw() == draw()
         True
     """
-    seed = torch.empty((), dtype=torch.int64).random_(generator=generator).item()  # in [0, 2**63)
+    seed = host_seed(generator)
     rng = getattr(_per_thread, "rng", None)
     if rng is None:
         rng = _per_thread.rng = np.random.Generator(np.random.PCG64())
