@@ -3,6 +3,11 @@
 Run from the repository root (timm comes with the ``bench`` extra)::
 
     .venv/bin/python -m benchmarks.bench_ops [--quick] [--rounds N] [--batch N]
+    .venv/bin/python -m benchmarks.bench_ops --kornia [--rounds N] [--batch N]
+
+``--kornia`` times only kornia's augmentations by hand against the same modules through dalaug's
+operator path (``Loader(operators=[module])``'s ``apply_operators``, the adapter ``KorniaOp``) and
+writes section "ops-kornia"; the full run has the blur pair among its contestants too.
 
 Every contestant works on the same batch (256x3x224x224 on CUDA, 64x3x224x224 on the CPU) with
 1000-class integer targets, at float32 and bfloat16. Contestants are timed in interleaved rounds
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,11 +38,17 @@ from timm.data.random_erasing import RandomErasing as TimmRandomErasing
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.report import host_syncs, machine, markdown_table, write_section
-from dalaug.ops import CutMix, Cutout, Mixup, RandomErasing, SaliencyMix
+from dalaug.compose import apply_operators
+from dalaug.ops import CutMix, Cutout, Mixup, RandomErasing, SaliencyMix, as_operator
 from dalaug.ops.fused import blend_mirrored
 
 NUM_CLASSES = 1000
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# kornia augmentations timed by hand and through dalaug's operator path (--kornia: all; full run: the first).
+KORNIA_OPS: dict[str, Callable[[], torch.nn.Module]] = {
+    "RandomGaussianBlur": lambda: K.RandomGaussianBlur((5, 5), (0.1, 2.0), p=1.0),
+    "RandomAffine": lambda: K.RandomAffine(15, translate=(0.1, 0.1), p=1.0),
+}
 
 
 @dataclass
@@ -78,8 +90,26 @@ def contestants(device: torch.device) -> list[Contestant]:
         Contestant("kornia RandomMixUpV2", kornia_mixup, False),
         Contestant("kornia RandomCutMixV2", kornia_cutmix, False),
         Contestant("kornia RandomErasing", lambda x, y: kornia_erasing(x), False),
+        *kornia_contestants("RandomGaussianBlur"),
     ]
     return runners
+
+
+def kornia_contestants(name: str) -> list[Contestant]:
+    """kornia's ``name`` called by hand (drawing from torch's global RNG), and the same module as
+    ``Loader(operators=[module])`` runs it: soft targets, then ``KorniaOp`` drawing from the
+    operator generator, computing half precision in float32, restoring the memory format."""
+    module = KORNIA_OPS[name]()
+    operators = [as_operator(module)]
+    generator = torch.Generator().manual_seed(0)
+
+    def in_dalaug(images: torch.Tensor, targets: torch.Tensor) -> object:
+        return apply_operators(operators, images, targets, num_classes=NUM_CLASSES, generator=generator)
+
+    return [
+        Contestant(f"kornia {name} by hand", lambda x, y: module(x), False),
+        Contestant(f"kornia {name} in dalaug's operators", in_dalaug, False),
+    ]
 
 
 # (ours, reference, target for ours / reference or None for information only)
@@ -92,6 +122,7 @@ COMPARISONS: list[tuple[str, str, float | None]] = [
     ("CutMix", "kornia RandomCutMixV2", None),
     ("RandomErasing pixel (inplace)", "timm RandomErasing pixel", None),
     ("Cutout (inplace)", "kornia RandomErasing", None),
+    ("kornia RandomGaussianBlur in dalaug's operators", "kornia RandomGaussianBlur by hand", None),
 ]
 
 
@@ -231,7 +262,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 20)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 256 CUDA, 64 CPU)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--kornia", action="store_true",
+                        help="only kornia's ops, by hand and in dalaug's operators")  # fmt: skip
     args = parser.parse_args()
+    if args.kornia:
+        kornia_main(args)
+        return
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -351,6 +387,60 @@ def main() -> None:
     markdown = "\n".join(lines)
     if not args.quick:  # a smoke run must not replace the figures of a real one
         write_section("ops", markdown)
+    print(markdown)
+
+
+def kornia_main(args: argparse.Namespace) -> None:
+    """Each of ``KORNIA_OPS`` by hand and through dalaug's operator path, interleaved; the ratios
+    side by side per dtype. Writes section "ops-kornia" (CPU or GPU, whichever runs it)."""
+    import kornia
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    batch = args.batch or (256 if cuda else 64)
+    rounds = args.rounds or 20
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(batch, 3, 224, 224, generator=g)  # kornia's [0, 1] range
+    targets = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(device)
+    load_before = os.getloadavg()[0]
+    scale, unit = (1e6, "µs") if cuda else (1e3, "ms")
+    header = ["kornia op"]
+    for label in DTYPES:
+        header += [f"{label} by hand ({unit})", f"{label} in dalaug ({unit})", f"{label} dalaug / hand"]
+        if cuda:
+            header += [f"{label} syncs/call by hand", f"{label} syncs/call in dalaug"]
+    rows = []
+    for name in KORNIA_OPS:
+        by_hand, in_dalaug = runners = kornia_contestants(name)
+        row: list[object] = [name]
+        for dtype in DTYPES.values():
+            images = base.to(device, dtype)
+            times, _ = time_interleaved(runners, images, targets, rounds, args.warmup)
+            hand, ours = times[by_hand.name], times[in_dalaug.name]
+            row += [f"{hand * scale:.2f}", f"{ours * scale:.2f}", f"**{ours / hand:.2f}**"]
+            if cuda:
+                row += [f"{syncs_per_call(r, images, targets):.1f}" for r in runners]
+        rows.append(row)
+    load_after = os.getloadavg()[0]
+    command = " ".join(["python -m benchmarks.bench_ops", *sys.argv[1:]])
+    lines = [
+        "## kornia's augmentations through dalaug's operators (`benchmarks/bench_ops.py --kornia`)",
+        "",
+        f"`{command}` on {machine()}, kornia {kornia.__version__}; batch {batch}x3x224x224 in [0, 1], "
+        f"{NUM_CLASSES} classes; median of {rounds} interleaved rounds after {args.warmup} warm-up calls "
+        f"({unit}; {'CUDA events' if cuda else 'wall time'}). By hand: `module(images)`, kornia drawing "
+        "from torch's global RNG in the batch's dtype. In dalaug: the same module in "
+        "`Loader(operators=[module])`'s path, `apply_operators` (soft targets, then `KorniaOp`: a seed from "
+        "the operator generator, kornia's draw inside `fork_rng`, float32 compute for bf16, the memory "
+        "format restored). "
+        + ("syncs/call: `torch.cuda.set_sync_debug_mode('warn')` warnings per call. " if cuda else "")
+        + f"Load average (1 min) before/after: {load_before:.1f}/{load_after:.1f} on {os.cpu_count()} "
+        "logical CPUs.",
+        "",
+        markdown_table(header, rows),
+    ]
+    markdown = "\n".join(lines)
+    write_section("ops-kornia", markdown)
     print(markdown)
 
 
