@@ -1,6 +1,6 @@
 """Reading files off the training thread: dalaug's loader against DALI's own file reader (issue 12).
 
-dalaug reads each batch's files in its worker processes (:mod:`dalaug.workers`) and hands the
+dalaug reads each batch's files in its worker processes (:mod:`dalaug.reading.workers`) and hands the
 bytes to DALI; a plain DALI pipeline reads them in its ``fn.readers.file`` thread. Both run the
 same graph on the CPU (``decoders.image_random_crop``, ``resize``, ``crop_mirror_normalize``) with
 the same number of DALI threads (dalaug's default: the cores this process may use).
@@ -47,7 +47,7 @@ from nvidia.dali import fn, pipeline_def, types
 import dalaug
 from benchmarks.bench_gpu import Batches, dali_batches, epochs_of, loader_default_threads, photo_folder
 from benchmarks.report import machine, markdown_table, write_section
-from dalaug import workers
+from dalaug.reading import workers
 
 CONSUMER_RATE = 3000  # images/s the simulated training step takes
 READ_DELAY = 0.001  # seconds added to each file read in the "1 ms per read" rows

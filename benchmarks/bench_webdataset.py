@@ -2,7 +2,7 @@
 
 Before, every process of every run walked each shard with Python's ``tarfile`` (9.5 s for 128k
 samples; 100-200 s per rank at ImageNet's 1.28M). Now each shard's index is built once by reading
-its tar headers directly and stored next to it (:mod:`dalaug.webdataset`).
+its tar headers directly and stored next to it (:mod:`dalaug.reading.webdataset`).
 
 Shards: 128k samples in 200 shards written with ``tarfile``, each sample a small fake JPEG (1-2 KB
 of random bytes between JPEG markers) and its ``.cls``. The index never looks inside the images, so
@@ -10,7 +10,7 @@ only the number of members matters here, not their size; the shards sit in the p
 "cold" start is a cold index, not a cold disk). They are generated once into ``--folder`` and reused.
 
 Each start is a fresh ``python`` process, timed from just before it is spawned to the moment
-``dalaug.sources.resolve_source`` has returned the ``Samples`` table (what the loader needs before it
+``dalaug.reading.sources.resolve_source`` has returned the ``Samples`` table (what the loader needs before it
 asks for the first batch); the import of dalaug (torch, DALI) is shown apart. Three kinds of start:
 today's ``tarfile`` walk (the code this replaced, kept here as the baseline), the first dalaug start
 (no index yet: build and store), and the second (index reused; the median of ``--repeats``).
@@ -44,7 +44,7 @@ import json, sys, time
 started = time.time()
 from benchmarks.report import rss_mib
 from benchmarks.bench_webdataset import tarfile_samples
-from dalaug.sources import resolve_source
+from dalaug.reading.sources import resolve_source
 imported = time.time()
 samples = (tarfile_samples if sys.argv[2] == "tarfile" else resolve_source)(sys.argv[1])
 done = time.time()
@@ -76,7 +76,7 @@ def write_shards(folder: Path, samples: int, shards: int, seed: int = 0) -> list
 
 def tarfile_samples(folder: str):
     """Today's baseline: the ``tarfile`` walk that ``sources.webdataset`` did before the index."""
-    from dalaug.sources import Samples
+    from dalaug.reading.sources import Samples
 
     paths, offsets, sizes, labels = [], [], [], []
     for shard in sorted(Path(folder).glob("*.tar")):

@@ -54,7 +54,7 @@ import dalaug
 from benchmarks import synthetic
 from benchmarks.report import machine, markdown_table
 from benchmarks.synthetic import Claim, judge
-from dalaug.sources import resolve_source
+from dalaug.reading.sources import resolve_source
 from train.loop import Trainer, data_folders
 from train.recipe import Recipe
 

@@ -28,11 +28,11 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__
         soft_targets,
     )
     from dalaug.policies import AutoAugment, RandAugment, TimmRandAugment, TrivialAugment
+    from dalaug.reading.verification import VerifyReport, verify
     from dalaug.schedule import Fade, Phase, PhasedLoader, Schedule, early_stop, fade_out, refine
-    from dalaug.verification import VerifyReport, verify
 
 # Where each public name lives. Imported on first use (PEP 562), so a process that needs one small
-# module (the file-reading workers import dalaug.workers) does not pay for torch and DALI.
+# module (the file-reading workers import dalaug.reading.workers) does not pay for torch and DALI.
 _EXPORTS = {
     "dalaug.cifar": ("convert_cifar",),
     "dalaug.config": ("LoaderConfig",),
@@ -43,7 +43,7 @@ _EXPORTS = {
                    "SaliencyMix", "soft_targets"),
     "dalaug.policies": ("AutoAugment", "RandAugment", "TimmRandAugment", "TrivialAugment"),
     "dalaug.schedule": ("Fade", "Phase", "PhasedLoader", "Schedule", "early_stop", "fade_out", "refine"),
-    "dalaug.verification": ("VerifyReport", "verify"),
+    "dalaug.reading.verification": ("VerifyReport", "verify"),
 }  # fmt: skip
 _HOMES = {name: module for module, names in _EXPORTS.items() for name in names}
 

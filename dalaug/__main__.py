@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from dalaug.verification import DEFAULT_REPORT, check_report_path, verify
+    from dalaug.reading.verification import DEFAULT_REPORT, check_report_path, verify
 
     if args.workers is not None and args.workers <= 0:
         print(f"dalaug verify: --workers: expected a positive int, got {args.workers}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """The epoch order, as a pure function: which samples make batch ``i`` of epoch ``e`` on this rank.
 
-The reader (:class:`~dalaug.reader.BatchReader`) asks it for the samples of each position
+The reader (:class:`~dalaug.reading.reader.BatchReader`) asks it for the samples of each position
 ``(epoch, iteration)``, so the order never depends on how the pipeline got there: the same after a
 restart from a checkpoint, after a rebuilt pipeline, or in a second loader built for another phase.
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dalaug.sources import Samples
+from dalaug.reading.sources import Samples
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ train: bytes -> decode with random-resized-crop (ROI decode) -> resize -> policy
 clean: the train graph with ``policy=None`` (the refinement phase of He et al.)
 eval:  bytes -> decode -> resize shorter side -> centre crop + normalize (as torchvision places it)
 
-The bytes come from :class:`~dalaug.reader.BatchReader` (read and checked by worker processes); the
+The bytes come from :class:`~dalaug.reading.reader.BatchReader` (read and checked by worker processes); the
 graph emits the layout and dtype the model takes (HWC is channels_last NCHW without a copy) and the
 labels on the pipeline's device, so the loader hands both over with no further pass and no host sync.
 """

@@ -5,7 +5,7 @@ targets int64 (B,) on the same device, or soft targets (B, C) when the loader ap
 operators (the place where torchvision's and timm's scripts mix, their ``collate_fn``).
 
 The state fits in one screen: ``epoch`` and ``iteration`` say which batch the loop gets next; the
-pipeline is an endless stream of batches whose positions the :class:`~dalaug.reader.BatchReader`
+pipeline is an endless stream of batches whose positions the :class:`~dalaug.reading.reader.BatchReader`
 decides, so moving on to the next epoch costs nothing and a jump only drops the few batches DALI
 had prefetched. A pipeline is rebuilt only after DALI failed, or to restore a checkpoint.
 
@@ -43,8 +43,9 @@ from dalaug.feed import EpochFeed, Sharding
 from dalaug.graphs import build_pipeline
 from dalaug.ops import BatchOp
 from dalaug.policies import PolicyLike
-from dalaug.reader import BatchReader
-from dalaug.sources import Samples, resolve_source
+from dalaug.reading.reader import BatchReader
+from dalaug.reading.sources import Samples, resolve_source
+from dalaug.reading.verification import decode_failures
 from dalaug.translation import (
     dataset_samples,
     dataset_transform,
@@ -53,7 +54,6 @@ from dalaug.translation import (
     translate_sampler,
     translate_transform,
 )
-from dalaug.verification import decode_failures
 from dalaug.views import BatchSamplerView, DatasetView, SamplerView
 
 log = logging.getLogger("dalaug")

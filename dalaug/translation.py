@@ -46,7 +46,7 @@ from torchvision.transforms import v2
 from dalaug.ops import BatchOp, CutMix, Mixup, RandomChoice, RandomErasing, as_operator
 from dalaug.ops.kornia import is_kornia
 from dalaug.policies import AutoAugment, RandAugment, TimmRandAugment, TrivialAugment
-from dalaug.sources import Samples
+from dalaug.reading.sources import Samples
 
 
 class Untranslatable(ValueError):

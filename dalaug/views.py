@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from dalaug.sources import Samples
+from dalaug.reading.sources import Samples
 
 if TYPE_CHECKING:
     from dalaug.loader import Loader
 
 
 class DatasetView:
-    """A read-only ImageFolder face of a :class:`~dalaug.sources.Samples` table."""
+    """A read-only ImageFolder face of a :class:`~dalaug.reading.sources.Samples` table."""
 
     def __init__(self, samples: Samples) -> None:
         self._samples = samples

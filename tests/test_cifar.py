@@ -14,7 +14,7 @@ from PIL import Image
 
 from dalaug.__main__ import main
 from dalaug.cifar import convert_cifar
-from dalaug.sources import resolve_source
+from dalaug.reading.sources import resolve_source
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR100_NAMES = ["apple", "aquarium_fish", "baby", "bear", "beaver", "bed"]  # the first fine labels

@@ -121,7 +121,7 @@ def test_the_ranks_sharing_a_node_come_from_the_launcher(monkeypatch, variables,
 def test_repeated_augmentation_serves_each_chosen_sample_repeats_times_on_different_ranks(world_size):
     """timm's --aug-repeats / DeiT's RASampler: the copies of a sample go to different ranks."""
     from dalaug.feed import EpochFeed, Sharding
-    from dalaug.sources import Samples
+    from dalaug.reading.sources import Samples
 
     n, repeats = 60, 3
     ids = np.arange(n)

@@ -9,7 +9,7 @@ import pytest
 from data_faults import DECODABLE, UNDECODABLE, write_fault
 from PIL import Image, PngImagePlugin
 
-from dalaug.integrity import check_encoded
+from dalaug.reading.integrity import check_encoded
 
 
 def _photo(mode: str = "RGB") -> Image.Image:

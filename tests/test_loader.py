@@ -14,7 +14,7 @@ from torchvision.datasets import ImageFolder
 import dalaug
 from dalaug.feed import EpochFeed, Sharding
 from dalaug.loader import DecodeError
-from dalaug.sources import resolve_source
+from dalaug.reading.sources import resolve_source
 
 CROP = 32
 

@@ -13,7 +13,7 @@ import pytest
 from data_faults import write_fault
 
 from dalaug.datasets import write_photo_folder
-from dalaug.sources import resolve_source
+from dalaug.reading.sources import resolve_source
 
 HERE = Path(__file__).parent
 

@@ -21,7 +21,7 @@ import dalaug
 from dalaug import checkpoint
 from dalaug.feed import EpochFeed, Sharding
 from dalaug.loader import DecodeError
-from dalaug.sources import resolve_source
+from dalaug.reading.sources import resolve_source
 
 CROP = 32
 HERE = Path(__file__).parent

@@ -16,8 +16,8 @@ from data_faults import DECODABLE, LARGE, LARGE_COLOUR, UNDECODABLE, expected_qu
 
 import dalaug
 from dalaug.__main__ import main
-from dalaug.sources import resolve_source
-from dalaug.verification import sniff, verify
+from dalaug.reading.sources import resolve_source
+from dalaug.reading.verification import sniff, verify
 
 CROP = 32
 # What each undecodable kind is reported as.

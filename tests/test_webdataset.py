@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dalaug import webdataset
-from dalaug.sources import resolve_source
-from dalaug.webdataset import build_index, cached_index_file, index_file, index_shards
+from dalaug.reading import webdataset
+from dalaug.reading.sources import resolve_source
+from dalaug.reading.webdataset import build_index, cached_index_file, index_file, index_shards
 
 LONG_FOLDER = "class-" + "n" * 90  # with the key, past ustar's 100-byte name field
 

@@ -1,4 +1,4 @@
-"""The processes that read and check files for the loaders (dalaug.workers)."""
+"""The processes that read and check files for the loaders (dalaug.reading.workers)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import dalaug
-from dalaug import workers
-from dalaug.sources import resolve_source
+from dalaug.reading import workers
+from dalaug.reading.sources import resolve_source
 
 CROP = 32
 
@@ -190,7 +190,7 @@ def test_a_worker_that_dies_is_replaced_and_the_epochs_go_on(photo_folder):
 
 def test_a_worker_imports_neither_torch_nor_dali():
     # It starts in a fraction of a second and holds a few MB, however many loaders a rank builds.
-    code = "import sys, dalaug.workers; print(sorted({'torch', 'nvidia.dali'} & set(sys.modules)))"
+    code = "import sys, dalaug.reading.workers; print(sorted({'torch', 'nvidia.dali'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -214,7 +214,7 @@ def test_a_task_that_fails_in_an_unexpected_way_raises_instead_of_hanging(photo_
 
 
 def run_script(code: str, cwd) -> str:
-    root = str(Path(workers.__file__).resolve().parent.parent)
+    root = str(Path(workers.__file__).resolve().parents[2])
     script = f"import sys; sys.path.insert(0, {root!r})\n" + textwrap.dedent(code)
     out = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -225,8 +225,8 @@ def test_workers_run_this_dalaug_whatever_the_working_directory_holds(photo_fold
     (tmp_path / "dalaug").mkdir()
     (tmp_path / "dalaug" / "__init__.py").write_text("raise ImportError('the wrong dalaug')\n")
     out = run_script(f"""
-        from dalaug import workers
-        from dalaug.sources import resolve_source
+        from dalaug.reading import workers
+        from dalaug.reading.sources import resolve_source
         samples = resolve_source({str(photo_folder)!r})
         print(workers.pool(1).submit([(samples.paths[0], -1, -1)]).result(timeout=60)[0][1])
     """, cwd=tmp_path)  # fmt: skip
@@ -236,8 +236,8 @@ def test_workers_run_this_dalaug_whatever_the_working_directory_holds(photo_fold
 def test_a_forked_child_reads_with_workers_of_its_own(photo_folder, tmp_path):
     out = run_script(f"""
         import os
-        from dalaug import workers
-        from dalaug.sources import resolve_source
+        from dalaug.reading import workers
+        from dalaug.reading.sources import resolve_source
         samples = resolve_source({str(photo_folder)!r})
         read = lambda: workers.pool(1).submit([(samples.paths[0], -1, -1)]).result(timeout=60)[0][1]
         assert read() is None
@@ -251,10 +251,10 @@ def test_a_forked_child_reads_with_workers_of_its_own(photo_folder, tmp_path):
 
 
 def test_the_lazy_package_still_offers_every_public_name():
-    import dalaug.verification  # the module importing first must not shadow dalaug.verify()
+    import dalaug.reading.verification  # the module importing first must not shadow dalaug.verify()
 
     assert all(getattr(dalaug, name) is not None for name in dalaug.__all__)
-    assert callable(dalaug.verify) and dalaug.verify is dalaug.verification.verify
+    assert callable(dalaug.verify) and dalaug.verify is dalaug.reading.verification.verify
     with pytest.raises(AttributeError, match="no attribute 'Loadr'"):
         dalaug.Loadr  # noqa: B018
 

@@ -7,11 +7,11 @@ rebuilds anything. A jump (``seek``: another epoch, an epoch broken off) moves t
 batches DALI already holds for the old positions are marked stale and the loader drops them as
 they come out. Which samples make a position is :class:`~dalaug.feed.EpochFeed`'s pure function.
 
-File reads run ahead of the cursor in worker processes (:mod:`dalaug.workers`), never under this
+File reads run ahead of the cursor in worker processes (:mod:`dalaug.reading.workers`), never under this
 process's GIL and never on the thread that iterates the loader (the one DALI calls the source
 from): a network file system's latency is paid by many reads at once, and DALI gets views into the
 shared memory the workers read into. Each sample's bytes are checked before DALI sees them
-(:func:`~dalaug.integrity.check_encoded`): DALI 2.4 can crash the process on bytes it cannot decode
+(:func:`~dalaug.reading.integrity.check_encoded`): DALI 2.4 can crash the process on bytes it cannot decode
 (issue 18), so a missing, unreadable, empty, truncated or non-image file is named and left out here,
 and the batch is completed with the next samples of the shard, exactly as the feed's exclusion
 rule says. With ``workers=0`` one thread of this process reads (through :meth:`BatchReader.read_bytes`,
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from nvidia.dali.tensors import TensorListCPU
 
-from dalaug import workers as read_workers
 from dalaug.feed import EpochFeed
+from dalaug.reading import workers as read_workers
 
 Position = tuple[int, int]  # (epoch, iteration)
 CHUNK = 64  # samples read by one task: few tasks per batch (each costs a round trip to a worker)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dalaug.webdataset import index_shards, rewritten, shard_version
-from dalaug.workers import read_file
+from dalaug.reading.webdataset import index_shards, rewritten, shard_version
+from dalaug.reading.workers import read_file
 
 # The extensions torchvision's ImageFolder accepts (its IMG_EXTENSIONS), so both see the same files.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -193,7 +193,7 @@ def _pairs(pairs) -> Samples:
 def webdataset(shards: Sequence[str | Path]) -> Samples:
     """Index WebDataset shards: each sample is ``key.jpg`` (or jpeg/png/webp) plus ``key.cls``.
 
-    Each shard's index is built once and stored (see :mod:`dalaug.webdataset`)."""
+    Each shard's index is built once and stored (see :mod:`dalaug.reading.webdataset`)."""
     if not shards:
         raise ValueError("source: no WebDataset shards given")
     versions = [shard_version(shard) for shard in shards]

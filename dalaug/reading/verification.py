@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from dalaug.integrity import sniff
-from dalaug.sources import Samples, resolve_source
+from dalaug.reading.integrity import sniff
+from dalaug.reading.sources import Samples, resolve_source
 
 # What each extension should hold, to note files whose name does not match their bytes.
 EXTENSION_FORMATS = {

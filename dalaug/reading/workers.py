@@ -2,7 +2,7 @@
 process's GIL.
 
 Reading a file from Python costs ~15 µs of interpreter time and checking its bytes ~6 µs more
-(:func:`~dalaug.integrity.check_encoded`). Done in threads of the training process, that work
+(:func:`~dalaug.reading.integrity.check_encoded`). Done in threads of the training process, that work
 holds the GIL the training loop needs: on 2 cores 4 reading threads fed DALI 14-16k files/s, and
 on a 16-core H200 machine 16 of them held the loader near 8k img/s where DALI alone decoded 27k.
 Here each read runs in a worker process (a plain ``python -I`` running :func:`serve_fd`: nothing of
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dalaug.integrity import check_encoded
+from dalaug.reading.integrity import check_encoded
 
 __all__ = [
     "LATENCY_VARIABLE", "READS_IN_FLIGHT", "ReadPool", "pool", "read_checked", "read_file", "serve_fd",
@@ -122,10 +122,10 @@ class _Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # -I: neither the working directory nor PYTHONPATH can put another dalaug (or numpy) in
         # front of the one this process runs; its folder goes first unless it is on the path.
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         start = (
             f"import sys; {root!r} in sys.path or sys.path.insert(0, {root!r}); "
-            f"import dalaug.workers; dalaug.workers.serve_fd({theirs.fileno()})"
+            f"import dalaug.reading.workers; dalaug.reading.workers.serve_fd({theirs.fileno()})"
         )
         try:
             self.process = subprocess.Popen(
