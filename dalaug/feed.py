@@ -18,6 +18,9 @@ import numpy as np
 
 from dalaug.reading.sources import Samples
 
+# Shards of a bucket whose samples an epoch shuffles together (see EpochFeed).
+SHARD_WINDOW = 8
+
 
 @dataclass(frozen=True)
 class Sharding:
@@ -38,6 +41,12 @@ class EpochFeed:
 
     Each epoch is a permutation of the data set seeded by ``(seed, epoch)`` (identity order when
     ``shuffle`` is False), split into contiguous shards, one per rank.
+
+    Samples in shards fetched from a bucket (``samples.streamed``) are permuted so that each shard
+    is fetched about once an epoch (as Mosaic Streaming's and LitData's orders do): the shards are
+    shuffled, then cut into windows of ``SHARD_WINDOW`` shards, and the samples of each window
+    shuffled together; the order is still a function of ``(seed, epoch)`` alone. A rank's contiguous
+    share is then a run of windows, and the reader fetches the next window while this one is read.
 
     A training feed (``shuffle`` or ``drop_last``) keeps the ranks in lockstep, as DDP's backward
     pass needs: the permutation is padded by wrapping around to a multiple of ``world_size``, so
@@ -89,6 +98,7 @@ class EpochFeed:
         self.lockstep = shuffle or drop_last if lockstep is None else lockstep
         self.pad = pad
         self.repeats = repeats
+        self.window = SHARD_WINDOW
         self.excluded: frozenset[int] = frozenset()
         # An epoch resumed under another world size: (epoch, ids the old ranks had delivered).
         self.resumed: tuple[int, np.ndarray] | None = None
@@ -138,7 +148,18 @@ class EpochFeed:
     def order(self, epoch: int) -> np.ndarray:
         """The epoch's order of the whole data set, before sharding: a function of (seed, epoch)."""
         n = len(self.samples)
-        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        if not self.shuffle:
+            return np.arange(n)
+        generator = np.random.default_rng([self.seed, epoch])
+        if not self.samples.streamed:
+            return generator.permutation(n)
+        starts = self.samples.shard_starts
+        shards = generator.permutation(len(starts) - 1)
+        windows = [shards[k : k + self.window] for k in range(0, len(shards), self.window)]
+        return np.concatenate([
+            generator.permutation(np.concatenate([np.arange(starts[s], starts[s + 1]) for s in window]))
+            for window in windows
+        ])  # fmt: skip
 
     def delivered(self, epoch: int, iteration: int) -> np.ndarray:
         """The ids every rank had read when each stood at batch ``iteration`` of ``epoch`` (lockstep

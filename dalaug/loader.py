@@ -521,8 +521,12 @@ class Loader:
                 "then fix or remove them, or raise max_bad_fraction"
             )
             raise DecodeError(self.bad_samples, note) from cause
+        by_reason: dict[str, list[str]] = {}
         for name, reason in named.items():
-            log.warning("leaving out %s: %s (%d bad samples, %d allowed)", name, reason,
+            by_reason.setdefault(reason, []).append(name)
+        for reason, names in by_reason.items():  # a shard that cannot be fetched: one line, not one a sample
+            more = f" and {len(names) - 1} more samples" if len(names) > 1 else ""
+            log.warning("leaving out %s%s: %s (%d bad samples, %d allowed)", names[0], more, reason,
                         len(self.bad_samples), allowed)  # fmt: skip
 
     # --- other phases, checkpoints, reports -------------------------------------------------------

@@ -30,10 +30,13 @@ from nvidia.dali.tensors import TensorListCPU
 
 from dalaug.feed import EpochFeed
 from dalaug.reading import workers as read_workers
+from dalaug.reading.storage import UNFETCHED
 
 Position = tuple[int, int]  # (epoch, iteration)
 CHUNK = 64  # samples read by one task: few tasks per batch (each costs a round trip to a worker)
 MAX_AHEAD = 16  # batches read ahead of the one DALI asks for
+# Shards of a bucket asked for ahead of the cursor: the shuffle's window now and the next one.
+FETCH_AHEAD = 2
 
 
 @dataclass
@@ -82,6 +85,14 @@ class BatchReader:
         chunks_per_batch = math.ceil(feed.batch_size / CHUNK)
         self._ahead = min(MAX_AHEAD, max(2, math.ceil(2 * max(1, workers) / chunks_per_batch)))
         self._reads: dict[Position, Read] = {}
+        # Shards in a bucket: what workers are told to open for each, and those asked for ahead.
+        samples = feed.samples
+        self._streamed = samples.streamed
+        if self._streamed:
+            starts = samples.shard_starts
+            self._shard_of = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+            self._fetch_names = [samples.location(int(start)) for start in starts[:-1]]
+            self._asked: tuple[int, set[int]] = (-1, set())
 
     def restart(self, position: Position) -> None:
         """A new pipeline starts at ``position``: nothing is in flight."""
@@ -136,6 +147,7 @@ class BatchReader:
                 break
             # Left out from here on; the batch takes the next samples of the shard instead, and
             # the batches read ahead are read again (their samples have moved up by one).
+            bad = self._whole_shards(bad)
             self.found_bad.update(bad)
             self.feed.exclude(bad)
             self._drop_reads()
@@ -165,6 +177,20 @@ class BatchReader:
     def _after(self, position: Position) -> Position:
         return self.in_stream((position[0], position[1] + 1))
 
+    def _whole_shards(self, bad: dict[int, str]) -> dict[int, str]:
+        """``bad`` and every other sample of a shard that could not be fetched from its bucket
+        (each would fail in turn, after the same retries)."""
+        if not self._streamed:
+            return bad
+        starts, failed = self.feed.samples.shard_starts, dict(bad)
+        for sample_id, reason in bad.items():
+            if UNFETCHED in reason:
+                shard = self._shard_of[sample_id]
+                for other in range(int(starts[shard]), int(starts[shard + 1])):
+                    if other not in self.feed.excluded:
+                        failed.setdefault(other, reason)
+        return failed
+
     def _read_ahead(self) -> None:
         position = self.cursor
         for _ in range(self._ahead):
@@ -172,23 +198,49 @@ class BatchReader:
                 self._reads[position] = self._submit(position)
             position = self._after(position)
 
+    def _to_fetch(self, position: Position) -> tuple[str, ...]:
+        """The shards of a bucket the samples after ``position`` come from, up to ``FETCH_AHEAD``
+        windows of them (the next epoch's first when this one ends), not asked for yet."""
+        if not self._streamed or not self._workers:
+            return ()
+        epoch, iteration = position
+        window = self.feed.window * FETCH_AHEAD
+        per_shard = max(1, len(self._shard_of) // len(self._fetch_names))
+        start = iteration * self.feed.batch_size
+        upcoming = self.feed.shard(epoch)[start : start + window * per_shard * 2]
+        if len(upcoming) < window * per_shard:
+            upcoming = np.concatenate([upcoming, self.feed.shard(epoch + 1)[: window * per_shard]])
+        shards = self._shard_of[upcoming]
+        _, first = np.unique(shards, return_index=True)
+        ahead = shards[np.sort(first)][:window].tolist()
+        if self._asked[0] != epoch:
+            self._asked = (epoch, set())
+        new = [s for s in ahead if s not in self._asked[1]]
+        self._asked[1].update(new)
+        return tuple(self._fetch_names[s] for s in new)
+
     def _submit(self, position: Position) -> Read:
         if self._assembler is None:
             # One thread puts each batch together once its chunks are read (it only waits).
             self._assembler = ThreadPoolExecutor(1, thread_name_prefix="dalaug-read-batch")
         ids = self.feed.batch_ids(*position)
-        chunks = self._read_chunks(ids)
+        chunks = self._read_chunks(ids, self._to_fetch(position))
         return Read(ids, chunks, self._assembler.submit(self._assemble, ids, chunks))
 
-    def _read_chunks(self, ids: np.ndarray) -> list[Future]:
+    def _read_chunks(self, ids: np.ndarray, fetch: tuple[str, ...] = ()) -> list[Future]:
         """Futures of ``[(bytes, None) or (None, why not)]``, one per sample, for each CHUNK of
-        ``ids``."""
+        ``ids``; the first chunk's worker starts fetching the shards ``fetch``."""
         starts = range(0, len(ids), CHUNK)
         if self._workers:
             samples, pool = self.feed.samples, read_workers.pool(self._workers)
-            paths = [samples.paths[i] for i in ids.tolist()]
+            if self._streamed:
+                names = self._fetch_names
+                paths = [names[s] for s in self._shard_of[ids].tolist()]
+            else:
+                paths = [samples.paths[i] for i in ids.tolist()]
             items = list(zip(paths, samples.offsets[ids].tolist(), samples.sizes[ids].tolist(), strict=True))
-            return [pool.submit(items[start : start + CHUNK]) for start in starts]
+            return [pool.submit(items[start : start + CHUNK], fetch if start == 0 else ())
+                    for start in starts]  # fmt: skip
         if self._local is None:
             self._local = ThreadPoolExecutor(1, thread_name_prefix="dalaug-read")
         return [self._local.submit(self._read_here, ids[start : start + CHUNK]) for start in starts]

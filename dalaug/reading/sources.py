@@ -1,4 +1,5 @@
-"""Where samples come from: an ImageFolder directory, a list of (path, label), or WebDataset shards.
+"""Where samples come from: an ImageFolder directory, a list of (path, label), or WebDataset shards
+on disk or in a bucket (``s3://``, ``gs://``, ``https://``; see :mod:`dalaug.reading.storage`).
 
 Every source resolves to one :class:`Samples` table (where each sample's bytes are, its label, the
 class names), validated in Python before any DALI graph exists, so a bad path or an empty data set
@@ -12,11 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import chain, repeat
 from pathlib import Path
 
 import numpy as np
 
+from dalaug.reading.storage import expand_braces, is_url, item_name, list_shards
 from dalaug.reading.webdataset import index_shards, rewritten, shard_version
 from dalaug.reading.workers import read_file
 
@@ -42,6 +45,25 @@ class Samples:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @cached_property
+    def streamed(self) -> bool:
+        """Whether the samples are in shards fetched from a bucket or web server (then the epoch
+        order keeps to a window of shards at a time: see :class:`~dalaug.feed.EpochFeed`)."""
+        return any(is_url(shard) for shard in self.versions)
+
+    @cached_property
+    def shard_starts(self) -> np.ndarray:
+        """Where each run of samples of one file starts, and ``len(self)`` last: a shard's samples
+        are ``shard_starts[k]`` to ``shard_starts[k + 1]``."""
+        paths = self.paths
+        starts = [0, *(i for i in range(1, len(paths)) if paths[i] != paths[i - 1])]
+        return np.asarray([*starts, len(paths)], np.int64)
+
+    def location(self, index: int) -> str:
+        """What a read worker opens for sample ``index``: its file, or its shard's URL and version."""
+        path = self.paths[index]
+        return item_name(path, self.versions[path]) if self.streamed and is_url(path) else path
+
     def name(self, index: int) -> str:
         """The sample as a user would look for it: the file, or ``shard.tar@offset``, the shard and
         the byte where the member's data starts (``tar -tvR`` lists each member's header block N:
@@ -57,7 +79,7 @@ class Samples:
 
     def read(self, index: int) -> np.ndarray:
         """The encoded bytes of sample ``index`` as a uint8 array (shorter if the file shrank)."""
-        return read_file(self.paths[index], int(self.offsets[index]), int(self.sizes[index]))
+        return read_file(self.location(index), int(self.offsets[index]), int(self.sizes[index]))
 
     def without(self, indices) -> Samples:
         """The table less the samples ``indices`` (ids are renumbered)."""
@@ -73,15 +95,23 @@ def resolve_source(source: str | os.PathLike | Sequence | Samples) -> Samples:
 
     Args:
         source: an ImageFolder directory (one sub-folder per class); a ``.tar`` WebDataset shard,
-            a list of shards, or a directory holding only ``.tar`` shards; a sequence of
-            ``(path, label)`` pairs; or a :class:`Samples` table.
+            a list of shards, or a directory holding only ``.tar`` shards; shards in a bucket or on
+            a web server (``s3://bucket/prefix/`` for every ``.tar`` under it, ``gs://...``, a shard's
+            ``https://`` URL); any of those shards in WebDataset's brace notation
+            (``train-{000000..001023}.tar``), or a list of them; a sequence of ``(path, label)``
+            pairs; or a :class:`Samples` table.
 
     Raises:
-        FileNotFoundError: a path that does not exist.
+        FileNotFoundError: a path, bucket or object that does not exist.
+        PermissionError: a bucket that denies access.
         ValueError: an empty directory, no class folders, no image files, malformed pairs.
     """
     if isinstance(source, Samples):
         return source
+    if isinstance(source, str) and (is_url(source) or _BRACE in source):
+        return _shards([source])
+    if _shard_list(source):
+        return _shards(list(source))
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
@@ -93,9 +123,38 @@ def resolve_source(source: str | os.PathLike | Sequence | Samples) -> Samples:
         if tars and not any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
             return webdataset(tars)
         return image_folder(path)
-    if isinstance(source, Sequence) and source and all(str(s).endswith(".tar") for s in source):
-        return webdataset([Path(s) for s in source])
     return _pairs(source)
+
+
+_BRACE = "{"
+
+
+def _shard_list(source) -> bool:
+    """Whether ``source`` is a list of shards (paths, URLs, brace patterns), not of pairs."""
+    if isinstance(source, (str, bytes, os.PathLike)) or not isinstance(source, Sequence) or not source:
+        return False
+    return all(isinstance(s, (str, os.PathLike)) and (str(s).endswith(".tar") or is_url(s)
+               or _BRACE in str(s)) for s in source)  # fmt: skip
+
+
+def _shards(sources: Sequence[str | os.PathLike]) -> Samples:
+    """The shards named by paths, URLs and brace patterns, in the order given (a bucket's prefix:
+    its shards sorted by name), indexed."""
+    shards, versions = [], []
+    for source in sources:
+        if is_url(source):
+            for url, version in list_shards(str(source)):
+                shards.append(url)
+                versions.append(version)
+            continue
+        for name in expand_braces(str(source)):
+            path = Path(name)
+            if path.is_dir():
+                shards.extend(sorted(path.glob("*.tar")))
+            else:
+                shards.append(path)
+            versions.extend(shard_version(s) for s in shards[len(versions) :])
+    return webdataset(shards, versions)
 
 
 def image_folder(root: str | Path) -> Samples:
@@ -190,13 +249,15 @@ def _pairs(pairs) -> Samples:
     return _files(files, labels, [str(c) for c in range(max(labels) + 1)])
 
 
-def webdataset(shards: Sequence[str | Path]) -> Samples:
+def webdataset(shards: Sequence[str | Path], versions: Sequence[tuple[int, ...]] | None = None) -> Samples:
     """Index WebDataset shards: each sample is ``key.jpg`` (or jpeg/png/webp) plus ``key.cls``.
 
-    Each shard's index is built once and stored (see :mod:`dalaug.reading.webdataset`)."""
+    Each shard's index is built once and stored (see :mod:`dalaug.reading.webdataset`); a shard in
+    a bucket (a URL, its ``versions`` entry read from the bucket) is fetched into the cache for it."""
     if not shards:
         raise ValueError("source: no WebDataset shards given")
-    versions = [shard_version(shard) for shard in shards]
+    if versions is None:
+        versions = [shard_version(shard) for shard in shards]
     indexes = index_shards(shards, versions)  # indexed as these versions, checked against them later
     labels = np.concatenate([index.labels for index in indexes])
     # One str per shard, referenced by each of its samples: a pointer a sample, no copies.

@@ -28,11 +28,14 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from stat import S_ISREG
 from typing import NamedTuple
 
 import numpy as np
+
+from dalaug.reading.storage import FETCHES, cache_root, fetch, is_url, item_name
 
 IMAGE_EXTENSIONS = (b"jpg", b"jpeg", b"png", b"webp")
 LABEL_EXTENSION = b"cls"
@@ -79,10 +82,17 @@ def index_shards(
     >>> int(index.labels[0])  # doctest: +SKIP
     3
     """
-    shards = [Path(s) for s in shards]
+    shards = [s if is_url(s) else Path(s) for s in shards]
     keys = list(versions) if versions is not None else [shard_version(shard) for shard in shards]
     indexes = [_load(shard, key) for shard, key in zip(shards, keys, strict=True)]
     missing = [i for i, index in enumerate(indexes) if index is None]
+    remote = [i for i in missing if is_url(shards[i])]
+    if remote:  # fetched into the cache (it is the first epoch's fetch too), several at once
+        with ThreadPoolExecutor(2 * FETCHES, thread_name_prefix="dalaug-index") as threads:
+            built = threads.map(lambda i: _build_remote(shards[i], keys[i]), remote)
+            for i, index in zip(remote, built, strict=True):
+                indexes[i] = index
+        missing = [i for i in missing if indexes[i] is None]
     # Ranks that start together begin at different shards, so each mostly finds the others' work
     # done when it gets there instead of every rank building every shard.
     start = os.getpid() % len(missing) if missing else 0
@@ -98,18 +108,19 @@ def index_file(shard: str | os.PathLike) -> Path:
 
 
 def cached_index_file(shard: str | os.PathLike) -> Path:
-    """Where the index of ``shard`` lives when its folder is not writable: the cache folder, under
-    a name unique to the shard's real path."""
-    root = Path(os.environ.get("DALAUG_CACHE") or Path.home() / ".cache" / "dalaug")
-    real = os.path.realpath(shard)
+    """Where the index of ``shard`` lives when its folder is not writable (or it is in a bucket): the
+    cache folder, under a name unique to the shard's real path or URL."""
+    root = cache_root()
+    real = shard if is_url(shard) else os.path.realpath(shard)
     digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:20]
     return root / "webdataset" / f"{digest}-{Path(real).name}{INDEX_SUFFIX}"
 
 
-def build_index(shard: str | os.PathLike) -> ShardIndex:
-    """Read ``shard``'s tar headers (ustar, GNU long names, pax) and its ``.cls`` members."""
-    shard = Path(shard)
-    with open(shard, "rb") as file:
+def build_index(shard: str | os.PathLike, name: str | None = None) -> ShardIndex:
+    """Read ``shard``'s tar headers (ustar, GNU long names, pax) and its ``.cls`` members; errors
+    call it ``name`` (default: its path; the URL of a cached shard)."""
+    path, shard = shard, name or str(shard)
+    with open(path, "rb") as file:
         if os.fstat(file.fileno()).st_size == 0:
             raise ValueError(f"source: shard {str(shard)!r} is empty, not a tar file")
         with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
@@ -146,7 +157,7 @@ def build_index(shard: str | os.PathLike) -> ShardIndex:
 Member = tuple[bytes, bytes, int, int]  # key, name, data offset, size
 
 
-def _scan(data: mmap.mmap, shard: Path) -> tuple[list[Member], dict[bytes, int], list[bytes]]:
+def _scan(data: mmap.mmap, shard: str) -> tuple[list[Member], dict[bytes, int], list[bytes]]:
     """Walk the tar headers: the image members as (key, name, data offset, size), in tar order, the
     label of each key that has a ``.cls`` member, and the members named like images that belong to
     no sample (a key with a dot in it, a link; not a sample's extra such as ``x.seg.png``)."""
@@ -267,7 +278,11 @@ def shard_version(shard: str | os.PathLike) -> tuple[int, ...]:
 
 def rewritten(shard: str | os.PathLike, version: tuple[int, ...]) -> bool:
     """Whether ``shard`` is no longer the ``version`` that was indexed: its size, modification time
-    or inode changed, or it is gone (a change of permissions or owner moves only ctime: no rewrite)."""
+    or inode changed, or it is gone (a change of permissions or owner moves only ctime: no rewrite).
+    A shard in a bucket is read at its indexed version or not at all (see
+    :mod:`dalaug.reading.storage`): never rewritten under its reader."""
+    if is_url(shard):
+        return False
     try:
         size, modified, _, inode = shard_version(shard)
     except (OSError, ValueError):
@@ -281,13 +296,14 @@ def _header(key: tuple[int, ...], count: int) -> np.ndarray:
     return np.array([v & (2**64 - 1) for v in values], np.uint64).view(np.int64)
 
 
-def _places(shard: Path) -> Iterator[Path]:
+def _places(shard: Path | str) -> Iterator[Path]:
     """Where the index may be, in the order tried (the cache path only computed when needed)."""
-    yield index_file(shard)
+    if not is_url(shard):  # a bucket may be read-only: the index of a shard in one is cached only
+        yield index_file(shard)
     yield cached_index_file(shard)
 
 
-def _load(shard: Path, key: tuple[int, ...]) -> ShardIndex | None:
+def _load(shard: Path | str, key: tuple[int, ...]) -> ShardIndex | None:
     """The stored index of this version of ``shard``, or None when there is none up to date."""
     for path in _places(shard):
         try:
@@ -302,12 +318,25 @@ def _load(shard: Path, key: tuple[int, ...]) -> ShardIndex | None:
     return None
 
 
+def _build_remote(url: str, key: tuple[int, ...]) -> ShardIndex:
+    """The index of a shard in a bucket, built from its copy in the cache (fetched first)."""
+    index = _load(url, key)  # another rank may have built it meanwhile
+    if index is not None:
+        return index
+    local = fetch(item_name(url, key))
+    return _store_index(url, key, build_index(local, name=url))
+
+
 def _build_and_store(shard: Path, key: tuple[int, ...]) -> ShardIndex:
     index = build_index(shard)
     if shard_version(shard) != key:
         raise ValueError(
             f"source: shard {str(shard)!r} changed while it was indexed; is it still being written?"
         )
+    return _store_index(shard, key, index)
+
+
+def _store_index(shard: Path | str, key: tuple[int, ...], index: ShardIndex) -> ShardIndex:
     stored = np.concatenate([_header(key, len(index.labels)), *index])
     for path in _places(shard):
         if _store(stored, path):

@@ -77,7 +77,7 @@ def read_file(path: str, offset: int = -1, size: int = -1) -> np.ndarray:
     """The bytes of ``path`` (or ``size`` of them at ``offset``) as a uint8 array, shorter if
     the file is shorter than its table says. One ``preadv`` into a fresh array: the read
     releases the GIL and copies once."""
-    descriptor = os.open(path, os.O_RDONLY)
+    descriptor = _open(path)
     try:
         if offset < 0:
             offset, size = 0, os.fstat(descriptor).st_size
@@ -85,6 +85,16 @@ def read_file(path: str, offset: int = -1, size: int = -1) -> np.ndarray:
         return data[: _read_into(descriptor, memoryview(data), offset)]
     finally:
         os.close(descriptor)
+
+
+def _open(path: str) -> int:
+    """A descriptor of ``path``, or of the cached copy of a shard in a bucket (fetched if need be:
+    a name of :func:`dalaug.reading.storage.item_name` holds a newline, which no path here has)."""
+    if "\n" in path:
+        from dalaug.reading import storage  # obstore is imported only where a bucket is read
+
+        return storage.open_shard(path)
+    return os.open(path, os.O_RDONLY)
 
 
 def read_checked(read, *args) -> Result:
@@ -142,14 +152,15 @@ class _Worker:
         self.buffers: dict[int, mmap.mmap] = {}  # the worker's buffers, mapped here too
         self.freed: collections.deque[int] = collections.deque()  # buffers to tell the worker of
 
-    def read(self, items: list[Item]) -> list[Result]:
-        """The samples ``items``, read and checked by the worker."""
+    def read(self, items: list[Item], fetch: tuple[str, ...] = ()) -> list[Result]:
+        """The samples ``items``, read and checked by the worker; it starts fetching the shards
+        ``fetch`` (from a bucket, into the cache) in its own threads first."""
         freed = [self.freed.popleft() for _ in range(len(self.freed))]
-        task = pickle.dumps((items, freed), pickle.HIGHEST_PROTOCOL)
+        task = pickle.dumps((items, freed, fetch), pickle.HIGHEST_PROTOCOL)
         if len(task) > _MESSAGE // 2 and len(items) > 1:  # very long paths: in two messages
             self.freed.extend(freed)
             half = len(items) // 2
-            return self.read(items[:half]) + self.read(items[half:])
+            return self.read(items[:half], fetch) + self.read(items[half:])
         self.socket.send(task)
         try:
             message, descriptors, _, _ = socket.recv_fds(self.socket, _MESSAGE, 1)
@@ -213,9 +224,11 @@ class ReadPool:
                                                       name=f"dalaug-read-{slot}"))  # fmt: skip
                 self._threads[-1].start()
 
-    def submit(self, items: list[Item]) -> Future:
+    def submit(self, items: list[Item], fetch: tuple[str, ...] = ()) -> Future:
+        """A Future of ``items``' results; the worker that takes them also starts fetching the
+        shards ``fetch`` (:func:`dalaug.reading.storage.prefetch`)."""
         future: Future = Future()
-        self._tasks.put((future, items))
+        self._tasks.put((future, items, fetch))
         return future
 
     def pids(self) -> list[int]:
@@ -245,13 +258,15 @@ class ReadPool:
     def _serve(self, slot: int) -> None:
         try:
             while (task := self._tasks.get()) is not None:
-                future, items = task
+                future, items, fetch = task
                 if not future.set_running_or_notify_cancel():
+                    if fetch:  # the shards are still wanted: the next task takes them
+                        self._tasks.put((Future(), [], fetch))
                     continue  # dropped before it ran: the reader moved elsewhere
                 for attempt in range(2):
                     try:
                         self._workers[slot] = self._workers[slot] or _Worker()
-                        future.set_result(self._workers[slot].read(items))
+                        future.set_result(self._workers[slot].read(items, fetch))
                         break
                     except BaseException as error:  # the reader waits on this future: always answer it
                         self._stop(slot, kill=True)
@@ -376,7 +391,7 @@ def _read_chunk(
             if latency:
                 time.sleep(latency)
             try:
-                descriptor = os.open(path, os.O_RDONLY)
+                descriptor = _open(path)
             except OSError:
                 files.append(None)
                 continue
@@ -478,7 +493,11 @@ def _serve(connection: socket.socket) -> None:
         message = connection.recv(_MESSAGE)
         if not message:
             return  # the loader's process closed the socket, or is gone
-        items, freed = pickle.loads(message)
+        items, freed, fetch = pickle.loads(message)
+        if fetch:
+            from dalaug.reading import storage
+
+            storage.prefetch(fetch)
         dropped = buffers.release(freed)
         buffer, size, places = _read_chunk(items, buffers, threads, latency)
         memfd, memory = buffers.memory[buffer]
@@ -495,3 +514,6 @@ def serve_fd(descriptor: int) -> None:
     closes. Ctrl-C is the training job's to handle: the worker ends when its socket does."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _serve(socket.socket(fileno=descriptor))
+    # Not a normal exit: that would wait for the shards still being fetched ahead, which no one
+    # needs now (their temporary files are deleted by a later eviction).
+    os._exit(0)
