@@ -160,7 +160,11 @@ def _shards(sources: Sequence[str | os.PathLike]) -> Samples:
 def image_folder(root: str | Path) -> Samples:
     """Scan ``root/<class>/<image>``, classes sorted as torchvision's ``ImageFolder`` sorts them."""
     root = Path(root)
-    entries = list(os.scandir(root))
+    try:
+        entries = list(os.scandir(root))
+    except OSError as error:
+        why = error.strerror or error
+        raise PermissionError(f"source: cannot list folder {str(root)!r}: {why}") from None
     if not entries:
         raise ValueError(f"source: directory {str(root)!r} is empty")
     classes = sorted(e.name for e in entries if e.is_dir())
@@ -183,6 +187,13 @@ def image_folder(root: str | Path) -> Samples:
                     continue
                 files.append(entry.path)
                 labels.append(label)
+    unlisted = {path: why for path, why in broken if why.startswith(_UNLISTED)}
+    listed_not = [os.path.join(root, name) for name in classes if os.path.join(root, name) in unlisted]
+    if listed_not:  # a class folder this process may not read: no sample of it can be found
+        raise PermissionError(
+            f"source: class folder {listed_not[0]!r} {unlisted[listed_not[0]]}"
+            + (f" (and {len(listed_not) - 1} more class folders)" if len(listed_not) > 1 else "")
+        )
     if not files:
         raise ValueError(
             f"source: no image files under {str(root)!r} (looked for {', '.join(IMAGE_EXTENSIONS)})"
@@ -203,22 +214,38 @@ def _walk(folder: str, unlisted: list[tuple[str, str]]) -> list[tuple[str, list[
     """``os.walk(folder, followlinks=True)`` as (folder, non-folder entries): entries keep the
     file type that scandir read, so broken links are found without a stat per file. Folders that
     cannot be listed go to ``unlisted`` (os.walk would skip them silently)."""
-    found, pending = [], [folder]
+    found, pending = [], [(folder, frozenset())]
     while pending:
-        current = pending.pop()
+        current, above = pending.pop()
         entries = []
         try:
+            here = _identity(current)
             with os.scandir(current) as listing:
                 for entry in listing:
-                    if entry.is_dir():
-                        pending.append(entry.path)
-                    else:
+                    if not entry.is_dir():
                         entries.append(entry)
+                        continue
+                    if entry.is_symlink() and _identity(entry.path) in above | {here}:
+                        # os.walk(followlinks=True), as torchvision's ImageFolder walks, would go
+                        # round until the path grew too long, reading every file dozens of times.
+                        raise ValueError(
+                            f"source: symbolic link {entry.path!r} -> {os.readlink(entry.path)!r} loops back "
+                            "to a folder above it; remove it (each file would be read again on every turn)"
+                        )
+                    pending.append((entry.path, above | {here}))
         except OSError as error:
-            unlisted.append((current, f"cannot list folder: {error.strerror or error}"))
+            unlisted.append((current, f"{_UNLISTED}: {error.strerror or error}"))
             continue
         found.append((current, entries))
     return found
+
+
+_UNLISTED = "cannot be listed"
+
+
+def _identity(folder: str) -> tuple[int, int]:
+    stat = os.stat(folder)
+    return stat.st_dev, stat.st_ino
 
 
 def _files(files: list[str], labels: list[int], classes, unreadable=()) -> Samples:

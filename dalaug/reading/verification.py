@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from dalaug.reading.integrity import sniff
+from dalaug.reading.integrity import check_encoded, sniff
 from dalaug.reading.sources import Samples, resolve_source
 
 # What each extension should hold, to note files whose name does not match their bytes.
@@ -76,6 +76,10 @@ def _check(samples: Samples, ids: Iterable[int]) -> tuple[dict[int, str], dict[i
             failures[sample_id] = "empty file (0 bytes)"
             continue
         formats[sample_id] = kind = sniff(data)
+        checked = check_encoded(data)
+        if checked is not None:  # what the loader says when it leaves the sample out; DALI never sees it
+            failures[sample_id] = _reason(kind, data, checked)
+            continue
         if pipe is None:
             pipe = _decode_one()
             pipe.build()
@@ -83,7 +87,7 @@ def _check(samples: Samples, ids: Iterable[int]) -> tuple[dict[int, str], dict[i
             pipe.feed_input("encoded", [data])
             pipe.run()
         except RuntimeError as error:
-            failures[sample_id] = _reason(kind, data, str(error))
+            failures[sample_id] = _reason(kind, data, f"DALI: {_dali_message(str(error))}")
             pipe = None  # a DALI pipeline is dead after an error
     return failures, formats
 
@@ -94,13 +98,14 @@ def _unreadable(path: str, error: OSError) -> str:
     return f"cannot read: {error.strerror or error}"
 
 
-def _reason(kind: str, data: np.ndarray, message: str) -> str:
-    dali = _dali_message(message)
+def _reason(kind: str, data: np.ndarray, detail: str) -> str:
+    """Why a sample fails, for a person: what its bytes are, then ``detail`` (the loader's check,
+    :func:`~dalaug.reading.integrity.check_encoded`, or DALI's message)."""
     if kind == "GIF":
-        return f"GIF image: DALI has no GIF decoder, convert it to PNG or JPEG ({dali})"
+        return "GIF image: DALI has no GIF decoder, convert it to PNG or JPEG"
     if kind == "unknown":
-        return f"not an image: unrecognized header {bytes(data[:8]).hex(' ')} ({dali})"
-    return f"{kind} data that does not decode (truncated or corrupt): {dali}"
+        return f"not an image: unrecognized header {bytes(data[:8]).hex(' ')}"
+    return f"{kind} data that does not decode: {detail}"
 
 
 def _dali_message(message: str) -> str:
