@@ -37,6 +37,7 @@ class Proxy(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.upstream, self.delay = upstream, delay
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.log: list[tuple[float, str, str]] = []  # (time.time(), method, path) of each request
         self.fail: dict[str, int] = {}
         self.cut: dict[str, int] = {}
         self.deny: set[str] = set()
@@ -72,6 +73,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         path = self.path.partition("?")[0]
         with self.server.lock:
             self.server.requests[self.command, path] += 1
+            self.server.log.append((time.time(), self.command, path))
         if self.server.delay:
             time.sleep(self.server.delay)
         length = int(self.headers.get("Content-Length") or 0)
