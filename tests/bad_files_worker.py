@@ -1,15 +1,19 @@
 """Files going bad under a running loader, in a process of its own (tests/test_bad_files.py, and
 benchmarks/bad_files.py which counts 20 runs of each case).
 
-    python bad_files_worker.py DATA MODE MOMENT DEVICE RUNS
+    python bad_files_worker.py DATA MODES MOMENTS DEVICE RUNS
 
 DATA is a folder of JPEGs in class folders (or of WebDataset shards, for the shard modes). Each run
 copies it, starts a training loader (batch 32: DALI 2.4's decoder crashes only from 32 samples a
 batch), and makes three files go bad (MODE) in the middle of the first epoch or between the first
 and the second (MOMENT); it then trains on for several epochs and checks that the bad files are named
-and every other sample keeps coming. Exit 0: every run passed; 3: the loader stopped with a Python
-exception naming the files (acceptable where nothing can be recovered: a shard rewritten under it);
-1: a check failed. A run that crashes the process ends it by a signal, which the caller sees.
+and every other sample keeps coming. MODES and MOMENTS are comma-separated: every pair is a case,
+RUNS runs each, all in this one process (starting one costs ten times a run), and each case prints
+``case MODE MOMENT: started`` and then ``case MODE MOMENT: exit N`` with N 0: every run passed;
+3: the loader stopped with a Python exception naming the files (acceptable where nothing can be
+recovered: a shard rewritten under it); 1: a check failed or a run raised. The process exits with
+the worst N. A run that crashes the process ends it by a signal, which the caller sees, in the case
+whose ``started`` line has no ``exit`` line.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -116,10 +121,18 @@ def run_once(data: Path, mode: str, moment: str, device: str, seed: int) -> int:
     return 0
 
 
-def main(data: str, mode: str, moment: str, device: str, runs: str) -> int:
+def main(data: str, modes: str, moments: str, device: str, runs: str) -> int:
     worst = 0
-    for seed in range(int(runs)):
-        worst = max(worst, run_once(Path(data), mode, moment, device, seed))
+    for mode in modes.split(","):
+        for moment in moments.split(","):
+            print(f"case {mode} {moment}: started", flush=True)
+            try:
+                code = max(run_once(Path(data), mode, moment, device, seed) for seed in range(int(runs)))
+            except Exception:  # a Python error is this case's failure; the next cases still run
+                traceback.print_exc(file=sys.stdout)
+                code = 1
+            print(f"case {mode} {moment}: exit {code}", flush=True)
+            worst = max(worst, code)
     return worst
 
 

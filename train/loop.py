@@ -131,9 +131,11 @@ class StopSignals:
     loop checks :attr:`received` between steps, where stopping is safe. Handlers can only be set in
     the main thread; elsewhere (a Trainer run in a thread) the signals keep their handlers."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress=lambda: None) -> None:
         self.received: str | None = None  # the first signal's name
         self.at: float | None = None  # time.monotonic() when it came
+        self.after = None  # what ``progress()`` said then (the Trainer's: its global step)
+        self._progress = progress
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
@@ -156,6 +158,7 @@ class StopSignals:
     def _handle(self, number: int, frame) -> None:
         if self.received is None:
             self.received, self.at = signal.Signals(number).name, time.monotonic()
+            self.after = self._progress()
 
 
 class Trainer:
@@ -212,7 +215,7 @@ class Trainer:
         self.stop_grace = recipe.stop_grace
         self.allow_world_size_change, self.log_samples = allow_world_size_change, log_samples
         self.stopped: str | None = None  # the signal that stopped the run, once it did
-        self._signals = StopSignals()
+        self._signals = StopSignals(lambda: self._global_step)
         self.out = Path(out)
         # Before the loaders are built: a file in the way would only show when the run writes.
         blocking = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
@@ -336,7 +339,8 @@ class Trainer:
             # The checkpoint's history is the truth: a run killed after logging an epoch but
             # before checkpointing it must not log that epoch twice.
             (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        self.stopped, self._signals = None, StopSignals()  # a signal before this run is not this run's
+        # A signal before this run is not this run's.
+        self.stopped, self._signals = None, StopSignals(lambda: self._global_step)
         self._last_save = time.monotonic()
         if self.log_samples:
             self._open_sample_log()
@@ -526,6 +530,8 @@ class Trainer:
         received, at = self._signals.received, self._signals.at
         self.stopped = received or "another rank's signal"
         after = f", {time.monotonic() - at:.1f} s after it" if at is not None else ""
+        if received is not None:  # on the rank that got it: when, to tell how fast the stop was
+            log.warning("rank %d: %s came after global step %d", self.rank, received, self._signals.after)
         if self.rank != 0:
             return
         log.warning(
