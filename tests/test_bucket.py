@@ -3,6 +3,7 @@ listing, braces, the cache and its sharing, retries, unreadable shards, clear er
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,6 +37,9 @@ def server(shards):
     proxy = servers.Proxy(upstream)
     servers.upload(f"http://{upstream[0]}:{upstream[1]}", "data", shards, prefix="imagenet/train/")
     servers.upload(f"http://{upstream[0]}:{upstream[1]}", "denied", shards[:1])
+    # A data set as python -m train --data takes it: train/ and val/ prefixes of shards.
+    servers.upload(f"http://{upstream[0]}:{upstream[1]}", "runs", shards, prefix="imagenet/train/")
+    servers.upload(f"http://{upstream[0]}:{upstream[1]}", "runs", shards[:1], prefix="imagenet/val/")
     yield proxy
     proxy.shutdown()
     moto.stop()
@@ -212,3 +216,34 @@ def test_a_run_resumes_mid_epoch_from_a_bucket(bucket):
     rest = [(resumed.sample_ids.tolist(), images) for images, _ in resumed]
     assert [ids for ids, _ in rest] == [ids for ids, _ in batches[5:]]
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(rest, batches[5:], strict=True))
+
+
+TINY_RECIPE = """
+import dalaug
+from train.recipe import Recipe
+
+recipe = Recipe(name="tiny", model="preact_resnet18", model_kwargs={"width": 4}, data=None, crop=16,
+                eval_resize=16, scale=(0.5, 1.0), flip=False, batch_size=8, lr=0.05,
+                phases=[dalaug.Phase(1, name="clean")], gap_samples=0, seed=0)
+"""
+
+
+def test_python_m_train_takes_a_bucket_prefix_holding_train_and_val_shards(bucket, tmp_path):
+    recipe = tmp_path / "tiny.py"
+    recipe.write_text(TINY_RECIPE)
+    command = [sys.executable, "-m", "train", "--recipe", str(recipe), "--data", "s3://runs/imagenet/",
+               "--out", str(tmp_path / "run"), "--device", "cpu"]  # fmt: skip
+    before = bucket.gets("/runs/imagenet/train/")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert bucket.gets("/runs/imagenet/train/") - before == SHARDS  # each shard fetched once
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["epoch"] == 0 and 0 <= record["top1"] <= 100, record  # evaluated on val/
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"] == "s3://runs/imagenet"
+    # Without val/ (or test/) it is refused by name before anything trains.
+    command[command.index("--data") + 1] = "s3://runs/imagenet/train"
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--data: 's3://runs/imagenet/train' must hold train/ and val/" in (
+        refused.stdout + refused.stderr
+    ), refused.stderr[-2000:]

@@ -23,7 +23,9 @@ DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "pipelines" / "digits_
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe file (pipelines/*.py)")
-    parser.add_argument("--data", help="folder with train/ and val/ (or test/); overrides the recipe")
+    parser.add_argument(
+        "--data", help="folder (or s3://, gs:// prefix) with train/ and val/ (or test/); overrides the recipe"
+    )
     parser.add_argument("--epochs", type=int, help="total epochs; every phase scales in proportion")
     parser.add_argument("--batch-size", type=int, help="per-process batch size")
     parser.add_argument("--lr", type=float, help="base learning rate")

@@ -39,6 +39,7 @@ from dalaug.compose import apply_operators, leaf_operators
 from dalaug.config import resolve_device
 from dalaug.loader import _tasks_on_this_node  # the launchers' counts, read one way
 from dalaug.ops import ManifoldMixup
+from dalaug.reading.storage import is_url, list_shards
 from dalaug.schedule import unfaded
 from train.models import create_model
 from train.recipe import RUN_KEEPING, Recipe
@@ -60,12 +61,16 @@ def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor
     return -(soft * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
-def data_folders(data: str | None) -> tuple[Path, Path]:
-    """``data/train`` and ``data/val`` (or ``data/test``); None: the embedded digits data set."""
+def data_folders(data: str | None) -> tuple[str | Path, str | Path]:
+    """``data/train`` and ``data/val`` (or ``data/test``), folders on disk or prefixes of shards in a
+    bucket (``s3://bucket/imagenet`` -> ``s3://bucket/imagenet/train/``, never through Path);
+    None: the embedded digits data set."""
     if data is None:
         from dalaug.datasets import write_digits
 
         return write_digits(Path("data") / "digits")
+    if is_url(data):
+        return _bucket_folders(data)
     root = Path(data)
     if not root.is_dir():
         raise FileNotFoundError(f"--data: {str(root)!r} is not a directory")
@@ -73,6 +78,27 @@ def data_folders(data: str | None) -> tuple[Path, Path]:
     if not (root / "train").is_dir() or evaluation is None:
         raise ValueError(f"--data: {str(root)!r} must hold train/ and val/ (or test/) ImageFolders")
     return root / "train", evaluation
+
+
+def _bucket_folders(data: str) -> tuple[str, str]:
+    # A bucket has no folders, only prefixes: val/ is there if it lists shards (test/ if not). The
+    # loader lists train/ itself, naming it if it holds none; a denied bucket fails here, by name.
+    root = data.rstrip("/")
+    try:
+        list_shards(f"{root}/val/")
+        return f"{root}/train/", f"{root}/val/"
+    except (FileNotFoundError, ValueError) as no_val:
+        try:
+            list_shards(f"{root}/test/")
+        except (FileNotFoundError, ValueError):
+            raise ValueError(f"--data: {data!r} must hold train/ and val/ (or test/) prefixes of .tar "
+                             f"shards; {no_val}") from None  # fmt: skip
+        return f"{root}/train/", f"{root}/test/"
+
+
+def _folder_name(folder: str | Path) -> str:
+    """``train`` for ``/data/train`` and for ``s3://bucket/data/train/``."""
+    return str(folder).rstrip("/").rsplit("/", 1)[-1]
 
 
 def local_rank() -> int:
@@ -289,7 +315,7 @@ class Trainer:
         self.config = {f.name: _jsonable(getattr(recipe, f.name)) for f in fields(recipe)}
         self.config.update(
             epochs=recipe.epochs,
-            data=str(train_dir.parent.resolve()),
+            data=recipe.data.rstrip("/") if is_url(recipe.data) else str(Path(train_dir).parent.resolve()),
             precision=next((k for k, v in AMP_DTYPES.items() if v == self.amp), "fp32"),
             channels_last=self.memory_format == torch.channels_last,
         )
@@ -679,17 +705,20 @@ def _format(record: dict) -> str:
     return " ".join(parts)
 
 
-def _check_classes(train_dir: Path, train: list[str], eval_dir: Path, evaluation: list[str]) -> None:
+def _check_classes(
+    train_dir: str | Path, train: list[str], eval_dir: str | Path, evaluation: list[str]
+) -> None:
     # A label is an index into the sorted class list: one class more or less shifts every label after it.
     if train != evaluation:
         missing, extra = sorted(set(train) - set(evaluation)), sorted(set(evaluation) - set(train))
         raise ValueError(
             f"--data: {str(train_dir)!r} and {str(eval_dir)!r} must hold the same classes; only in "
-            f"{train_dir.name}/: {missing or 'none'}, only in {eval_dir.name}/: {extra or 'none'}"
+            f"{_folder_name(train_dir)}/: {missing or 'none'}, "
+            f"only in {_folder_name(eval_dir)}/: {extra or 'none'}"
         )
 
 
-def _check_num_classes(operators: list, num_classes: int, train_dir: Path, data: str | None) -> None:
+def _check_num_classes(operators: list, num_classes: int, train_dir: str | Path, data: str | None) -> None:
     counts = sorted({op.num_classes for op in operators if getattr(op, "num_classes", None) is not None})
     if counts and counts != [num_classes]:
         hint = " (no --data given: the embedded digits were used)" if data is None else ""
