@@ -64,8 +64,8 @@ def build_pipeline(
 ):
     """Build the DALI pipeline for ``spec`` on the GPU ``device_id`` or the CPU (None).
 
-    ``source`` is the external_source callback: ``source(info) -> (encoded bytes per sample,
-    int32 labels (B,))``; its arrays must stay alive until the batch is out (``no_copy``).
+    ``source`` is the external_source callback, a :class:`~dalaug.reading.reader.BatchReader`
+    (see :func:`encoded_samples`).
     Outputs ``images`` (NCHW, or NHWC when ``channels_last``) and ``labels`` (int64, on the device).
     """
     with warnings.catch_warnings():
@@ -87,14 +87,27 @@ def build_pipeline(
     return pipe
 
 
+def encoded_samples(source):
+    """The graph's input: each sample's encoded bytes and its label, from ``source``, a
+    :class:`~dalaug.reading.reader.BatchReader`.
+
+    The reader hands over each batch as two things: the one buffer its samples were read into
+    (every sample of the batch refers to it whole) and a row per sample of (start, length, label).
+    The samples are cut out here, in DALI's threads: a view per sample would cost the training
+    process Python work per sample, and each input fed costs it ~75 µs a batch. ``no_copy``: the
+    reader keeps what it handed over until the loader has taken the batch out, so DALI reads it
+    where it is.
+    """
+    whole, rows = fn.external_source(
+        source=source, num_outputs=2, batch=True, batch_info=True, no_copy=True,
+        dtype=[types.UINT8, types.INT64],
+    )  # fmt: skip
+    return fn.slice(whole, rows[0:1], rows[1:2], axes=[0]), rows[2]
+
+
 @pipeline_def(enable_conditionals=True)
 def _graph(spec: GraphSpec, source, on_gpu: bool):
-    # no_copy: the reader keeps each batch's arrays until the loader has taken the batch out, so
-    # DALI reads them where they are instead of copying every byte on the training thread.
-    encoded, labels = fn.external_source(
-        source=source, num_outputs=2, batch=True, batch_info=True, no_copy=True,
-        dtype=[types.UINT8, types.INT32],
-    )  # fmt: skip
+    encoded, labels = encoded_samples(source)
     decoder = dict(device="mixed", **MIXED_DECODER_HINTS) if on_gpu else dict(device="cpu")
     if spec.train:
         if spec.roi_decode:

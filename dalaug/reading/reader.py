@@ -9,8 +9,12 @@ they come out. Which samples make a position is :class:`~dalaug.feed.EpochFeed`'
 
 File reads run ahead of the cursor in worker processes (:mod:`dalaug.reading.workers`), never under this
 process's GIL and never on the thread that iterates the loader (the one DALI calls the source
-from): a network file system's latency is paid by many reads at once, and DALI gets views into the
-shared memory the workers read into. Each sample's bytes are checked before DALI sees them
+from): a network file system's latency is paid by many reads at once. One worker reads a whole
+batch into one shared buffer, and DALI is handed that buffer as every sample of the batch, with
+each sample's start and length beside it: the pipeline cuts the samples out (``fn.slice``, in
+DALI's threads). Handing DALI a view per sample cost this process ~1.3 µs of Python each (the
+view, its DLPack conversion, freeing it), more than the rest of the loader's Python together.
+Each sample's bytes are checked before DALI sees them
 (:func:`~dalaug.reading.integrity.check_encoded`): DALI 2.4 can crash the process on bytes it cannot decode
 (issue 18), so a missing, unreadable, empty, truncated or non-image file is named and left out here,
 and the batch is completed with the next samples of the shard, exactly as the feed's exclusion
@@ -21,46 +25,44 @@ which tests and benchmarks may replace).
 from __future__ import annotations
 
 import collections
-import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from nvidia.dali.tensors import TensorListCPU
+from nvidia.dali.tensors import TensorCPU, TensorListCPU
 
 from dalaug.feed import EpochFeed
 from dalaug.reading import workers as read_workers
 from dalaug.reading.storage import UNFETCHED
 
 Position = tuple[int, int]  # (epoch, iteration)
-CHUNK = 64  # samples read by one task: few tasks per batch (each costs a round trip to a worker)
 MAX_AHEAD = 16  # batches read ahead of the one DALI asks for
 # Shards of a bucket asked for ahead of the cursor: the shuffle's window now and the next one.
 FETCH_AHEAD = 2
 
 
+Batch = tuple[TensorListCPU, np.ndarray]  # the buffer, and int64 (start, length, label) per sample
+
+
 @dataclass
 class Read:
-    """A batch being read: its sample ids, its chunks' reads and the batch they make."""
+    """A batch being read: its sample ids and the Future of their :class:`~dalaug.reading.workers.Chunk`."""
 
     ids: np.ndarray
-    chunks: list[Future]
-    batch: Future
+    chunk: Future
 
     def cancel(self) -> None:
-        for chunk in self.chunks:
-            chunk.cancel()  # a chunk already being read finishes; its result is dropped
+        self.chunk.cancel()  # a chunk already being read finishes; its result is dropped
 
 
 @dataclass
 class Issued:
-    """A batch handed to DALI: its position, sample ids, bytes and labels (kept alive until the
-    batch is out: DALI reads them where they are, ``no_copy``)."""
+    """A batch handed to DALI: its position, sample ids and what DALI was given (kept alive until
+    the batch is out: DALI reads it where it is, ``no_copy``)."""
 
     position: Position
     ids: np.ndarray
-    data: TensorListCPU | None
-    labels: np.ndarray
+    batch: Batch
     stale: bool = False
 
 
@@ -80,18 +82,18 @@ class BatchReader:
         self.found_bad: dict[int, str] = {}  # sample id -> reason, for the loader to report
         self._workers = workers
         self._local: ThreadPoolExecutor | None = None  # the reading thread when workers == 0
-        self._assembler: ThreadPoolExecutor | None = None  # started when first needed
-        # Enough batches ahead that every worker has a chunk to read and one waiting.
-        chunks_per_batch = math.ceil(feed.batch_size / CHUNK)
-        self._ahead = min(MAX_AHEAD, max(2, math.ceil(2 * max(1, workers) / chunks_per_batch)))
+        # Enough batches ahead that every worker has one to read and one is waiting.
+        self._ahead = min(MAX_AHEAD, max(2, workers + 1))
         self._reads: dict[Position, Read] = {}
-        # Shards in a bucket: what workers are told to open for each, and those asked for ahead.
         samples = feed.samples
         self._streamed = samples.streamed
-        if self._streamed:
+        # What a worker opens for each sample (one array: a batch's are picked in one step).
+        self._opens = np.array(samples.paths, dtype=object)
+        if self._streamed:  # shards in a bucket: their cached copies, and those asked for ahead
             starts = samples.shard_starts
             self._shard_of = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
             self._fetch_names = [samples.location(int(start)) for start in starts[:-1]]
+            self._opens = np.array(self._fetch_names, dtype=object)[self._shard_of]
             self._asked: tuple[int, set[int]] = (-1, set())
 
     def restart(self, position: Position) -> None:
@@ -109,27 +111,19 @@ class BatchReader:
         self._move(position)
 
     def take(self) -> Issued:
-        """The entry of the batch DALI just gave out (the oldest handed over).
-
-        Its samples are let go in the assembler thread: freeing 256 of them costs ~0.25 ms, which
-        the training thread need not spend (DALI holds its own references while it needs them)."""
-        entry = self.issued.popleft()
-        if self._assembler is not None and entry.data is not None:
-            self._assembler.submit(entry.data.reset)
-            entry.data = None
-        return entry
+        """The entry of the batch DALI just gave out (the oldest handed over)."""
+        return self.issued.popleft()
 
     def close(self) -> None:
-        """Drop the reads in flight and stop this reader's threads (a later batch starts them
+        """Drop the reads in flight and stop this reader's thread (a later batch starts it
         again; the worker processes stay for the process's other loaders)."""
         self._drop_reads()
         self.issued.clear()
-        for threads in (self._local, self._assembler):
-            if threads is not None:
-                threads.shutdown(wait=False, cancel_futures=True)
-        self._local = self._assembler = None
+        if self._local is not None:
+            self._local.shutdown(wait=False, cancel_futures=True)
+        self._local = None
 
-    def __call__(self, info) -> tuple[TensorListCPU, np.ndarray]:
+    def __call__(self, info) -> Batch:
         # DALI's own (epoch_idx, iteration) are ignored: the stream never ends, the cursor decides.
         position = self.cursor
         while True:
@@ -141,21 +135,24 @@ class BatchReader:
                 )
             position = self.in_stream(position)
             read = self._reads.pop(position, None) or self._submit(position)
-            ids = read.ids
-            data, bad = read.batch.result()
-            if not bad:
+            ids, chunk = read.ids, read.chunk.result()
+            if not chunk.reasons:
                 break
             # Left out from here on; the batch takes the next samples of the shard instead, and
             # the batches read ahead are read again (their samples have moved up by one).
-            bad = self._whole_shards(bad)
+            bad = self._whole_shards({int(ids[i]): reason for i, reason in chunk.reasons.items()})
             self.found_bad.update(bad)
             self.feed.exclude(bad)
             self._drop_reads()
-        labels = self.feed.samples.labels[ids].astype(np.int32)
-        self.issued.append(Issued(position, ids, data, labels))
+        # Every sample refers to the whole buffer (one object, where a view each costs Python
+        # per sample); the graph cuts sample i out as rows[i] = (start, length, label) say.
+        rows = np.empty((len(ids), 3), np.int64)
+        rows[:, 0], rows[:, 1], rows[:, 2] = chunk.starts, chunk.lengths, self.feed.samples.labels[ids]
+        batch = (TensorListCPU.broadcast(TensorCPU(chunk.memory), len(ids)), rows)
+        self.issued.append(Issued(position, ids, batch))
         self.cursor = self._after(position)
         self._read_ahead()
-        return data, labels
+        return batch
 
     # --- reading ahead --------------------------------------------------------------------------
 
@@ -220,55 +217,22 @@ class BatchReader:
         return tuple(self._fetch_names[s] for s in new)
 
     def _submit(self, position: Position) -> Read:
-        if self._assembler is None:
-            # One thread puts each batch together once its chunks are read (it only waits).
-            self._assembler = ThreadPoolExecutor(1, thread_name_prefix="dalaug-read-batch")
         ids = self.feed.batch_ids(*position)
-        chunks = self._read_chunks(ids, self._to_fetch(position))
-        return Read(ids, chunks, self._assembler.submit(self._assemble, ids, chunks))
+        return Read(ids, self._read(ids, self._to_fetch(position)))
 
-    def _read_chunks(self, ids: np.ndarray, fetch: tuple[str, ...] = ()) -> list[Future]:
-        """Futures of ``[(bytes, None) or (None, why not)]``, one per sample, for each CHUNK of
-        ``ids``; the first chunk's worker starts fetching the shards ``fetch``."""
-        starts = range(0, len(ids), CHUNK)
+    def _read(self, ids: np.ndarray, fetch: tuple[str, ...] = ()) -> Future:
+        """A Future of the :class:`~dalaug.reading.workers.Chunk` of samples ``ids``: read by a
+        worker process, which starts fetching the shards ``fetch`` first, or by this process's
+        reading thread (``workers=0``)."""
         if self._workers:
             samples, pool = self.feed.samples, read_workers.pool(self._workers)
-            if self._streamed:
-                names = self._fetch_names
-                paths = [names[s] for s in self._shard_of[ids].tolist()]
-            else:
-                paths = [samples.paths[i] for i in ids.tolist()]
-            items = list(zip(paths, samples.offsets[ids].tolist(), samples.sizes[ids].tolist(), strict=True))
-            return [pool.submit(items[start : start + CHUNK], fetch if start == 0 else ())
-                    for start in starts]  # fmt: skip
+            return pool.submit(self._opens[ids].tolist(), samples.offsets[ids], samples.sizes[ids], fetch)
         if self._local is None:
             self._local = ThreadPoolExecutor(1, thread_name_prefix="dalaug-read")
-        return [self._local.submit(self._read_here, ids[start : start + CHUNK]) for start in starts]
+        return self._local.submit(self._read_here, ids)
 
-    def _read_here(self, ids: np.ndarray) -> list[tuple[np.ndarray | None, str | None]]:
-        return [read_workers.read_checked(self.read_bytes, int(i)) for i in ids]
-
-    @staticmethod
-    def _assemble(ids: np.ndarray, chunks: list[Future]) -> tuple[TensorListCPU | None, dict[int, str]]:
-        """The batch's samples once its chunks are read, or the samples that failed their checks.
-
-        The samples become one DALI ``TensorListCPU`` here, through DLPack: it shares their bytes
-        (and keeps them alive) and DALI takes it as it is, where a list of samples is converted
-        or checked one by one on the training thread (numpy arrays ~1.7 ms per 256, TensorCPUs
-        ~0.35 ms). Not ``TensorListCPU(list)``: that copies every byte while holding the GIL
-        (about 10-18 ms per 256 ImageNet-sized JPEGs), which capped the loader near 6,000 img/s
-        on a 16-core GPU machine.
-        """
-        data, bad = [], {}
-        results = (result for chunk in chunks for result in chunk.result())
-        for sample_id, (array, reason) in zip(ids.tolist(), results, strict=True):
-            if reason is None:
-                # DLPack (as DALI takes it) cannot mark bytes read-only: such arrays (a replaced
-                # ``read_bytes`` may return one) are handed over as a copy.
-                data.append(array if array.flags.writeable else array.copy())
-            else:
-                bad[sample_id] = reason
-        return (TensorListCPU.from_dlpack_list(data, "") if data and not bad else None), bad
+    def _read_here(self, ids: np.ndarray) -> read_workers.Chunk:
+        return read_workers.Chunk.gather([read_workers.read_checked(self.read_bytes, int(i)) for i in ids])
 
     def read_bytes(self, sample_id: int) -> np.ndarray:
         """Sample ``sample_id``'s bytes, when this process reads (``workers=0``)."""
