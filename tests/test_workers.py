@@ -159,7 +159,9 @@ def test_dali_is_handed_the_bytes_where_the_workers_read_them(photo_folder):
         pointers = {whole[i].data_ptr() for i in range(len(whole))}
         running = [slot.worker for slot in workers.pool(1)._slots if slot.worker]
         mapped = [np.frombuffer(memory, np.uint8) for worker in running for memory in worker.buffers.values()]
-        assert len(pointers) == 1 and any(m.ctypes.data == pointers.pop() for m in mapped)
+        assert len(pointers) == 1
+        pointer = pointers.pop()
+        assert any(m.ctypes.data == pointer for m in mapped)
         buffer = np.array(whole.at(0))
         samples = [buffer[start : start + length].tobytes() for start, length, _ in rows]
         assert samples == [loader.samples.read(int(i)).tobytes() for i in ids]

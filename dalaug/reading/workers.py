@@ -397,7 +397,8 @@ class ReadPool:
 
     def pids(self) -> list[int]:
         """The worker processes running now."""
-        return [slot.worker.process.pid for slot in self._slots if slot.worker is not None]
+        running = [slot.worker.process for slot in self._slots if slot.worker is not None]
+        return [process.pid for process in running if process.poll() is None]
 
     def buffers(self) -> list[int]:
         """How many shared-memory buffers each running worker has filled for this process."""
