@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -29,10 +30,15 @@ def epoch_batches(loader: dalaug.Loader) -> list[tuple[torch.Tensor, torch.Tenso
     return [(images.clone(), labels.clone()) for images, labels in loader]
 
 
-def submit(pool: workers.ReadPool, items: list) -> workers.Pending:
-    """``items`` ((path, offset, size) each) given to ``pool`` as columns, as the reader gives them."""
+def table(items: list) -> workers.SampleTable:
+    """A sample table of ``items`` ((path, offset, size) each; sample i of class i)."""
     paths, offsets, sizes = zip(*items, strict=True)
-    return pool.submit(list(paths), np.array(offsets), np.array(sizes))
+    return workers.SampleTable(paths, np.arange(len(items)), offsets, sizes, np.arange(len(items)))
+
+
+def submit(pool: workers.ReadPool, items: list) -> workers.Pending:
+    """``items`` given to ``pool``, as the reader gives them: a table, and ids into it."""
+    return pool.submit(table(items), np.arange(len(items)))
 
 
 def results(chunk: workers.Chunk) -> list[tuple[np.ndarray | None, str | None]]:
@@ -65,6 +71,33 @@ def test_a_chunk_is_read_into_shared_memory_and_bad_samples_are_named(photo_fold
     # One buffer, the samples in order; a bad one has no place (start -1) and no length.
     assert chunk.starts[[1, 2, 3]].tolist() == [-1] * 3 and chunk.lengths[[1, 2, 3]].tolist() == [0] * 3
     assert 0 == chunk.starts[0] < chunk.starts[4] and chunk.starts[4] + got[4][0].size <= chunk.memory.size
+    assert chunk.rows[:, 2].tolist() == [0, 1, 2, 3, 4]  # each sample's label, from the table
+
+
+def test_a_task_is_only_ids_into_a_table_each_worker_maps_once(photo_folder, tmp_path, monkeypatch):
+    samples = resolve_source(photo_folder)
+    odd = tmp_path / "caf\udcff \u00e9.jpg"  # a name that is not UTF-8, as a file system may hold
+    odd.write_bytes(samples.read(2).tobytes())
+    items = [(p, -1, -1) for p in samples.paths[:4]] + [(str(odd), -1, -1)]
+    sent, send = [], workers._send
+
+    def recorded(connection, payload, descriptors=()):  # this process's messages to its workers
+        sent.append((len(payload), len(descriptors)))
+        send(connection, payload, descriptors)
+
+    monkeypatch.setattr(workers, "_send", recorded)
+    shared, pool = table(items), workers.ReadPool()
+    try:
+        pool.ensure(2)
+        for ids in ([4, 0], [3], [1, 2, 4], [0]):  # to the two workers in turn
+            chunk = pool.submit(shared, np.array(ids)).result()
+            expected = [(samples.read(2) if i == 4 else samples.read(i)).tobytes() for i in ids]
+            assert not chunk.reasons and [chunk.sample(k).tobytes() for k in range(len(ids))] == expected
+            assert chunk.rows[:, 2].tolist() == ids
+        # The table went to each worker once, with its first task; a task is a few ids.
+        assert [fds for _, fds in sent] == [1, 1, 0, 0] and max(size for size, _ in sent) < 200
+    finally:
+        pool.close()
 
 
 def read_slowly(items: list, latency: float, monkeypatch) -> tuple[list, float, int]:
@@ -153,7 +186,7 @@ def test_dali_is_handed_the_bytes_where_the_workers_read_them(photo_folder):
     reader.restart((0, 0))
     try:
         whole, rows = reader(None)  # as DALI calls it: the batch's buffer, and a row per sample
-        ids = reader.issued[0].ids
+        ids, rows = reader.issued[0].ids, rows.as_array()
         assert len(whole) == len(rows) == 8 and not whole.is_dense_tensor()
         # No copy: every sample is the worker's shared buffer itself, which holds them back to back.
         pointers = {whole[i].data_ptr() for i in range(len(whole))}
@@ -182,16 +215,15 @@ def test_no_thread_of_the_training_process_waits_on_the_workers(photo_folder):
     assert workers.pool(2).pids() and not [name for name in started if name.startswith("dalaug")]
 
 
-def test_a_task_longer_than_a_socket_message_goes_in_parts(photo_folder, tmp_path):
-    photo = resolve_source(photo_folder).read(0)
-    folder = tmp_path / ("d" * 200)
-    folder.mkdir()
-    path = folder / ("p" * 200 + ".jpg")
-    path.write_bytes(photo.tobytes())
-    items = [(str(path), -1, -1)] * 400  # ~170 KB of paths: more than one message holds
-    assert len("\0".join(p for p, _, _ in items)) > workers._MESSAGE
-    chunk = submit(workers.pool(1), items).result()
-    assert not chunk.reasons and all(np.array_equal(chunk.sample(i), photo) for i in range(400))
+def test_a_task_and_a_reply_longer_than_a_socket_message_go_in_parts(tmp_path):
+    path = tmp_path / "tiny.jpg"
+    PIL.Image.new("RGB", (8, 8), (200, 30, 40)).save(path)
+    photo = np.fromfile(path, np.uint8)
+    count = 20_000  # 160 KB of ids, 480 KB of rows: more than one message holds
+    assert 8 * count > workers._MESSAGE
+    chunk = submit(workers.pool(1), [(str(path), -1, -1)] * count).result()
+    assert not chunk.reasons and all(np.array_equal(chunk.sample(i), photo) for i in (0, 1, count - 1))
+    assert chunk.rows[:, 0].tolist() == list(range(0, count * photo.size, photo.size))
 
 
 def test_memory_is_reused_once_the_batches_are_gone(photo_folder):
@@ -242,13 +274,18 @@ def test_io_workers_must_be_a_count(photo_folder):
             dalaug.Loader(photo_folder, 8, train=True, io_workers=wrong)
 
 
+class Unsendable:
+    def __reduce__(self):
+        raise TypeError("cannot be sent to a worker")
+
+
 def test_a_task_that_fails_in_an_unexpected_way_raises_instead_of_hanging(photo_folder):
     samples = resolve_source(photo_folder)
     pool = workers.ReadPool()
     try:
         pool.ensure(1)
-        with pytest.raises(TypeError):
-            submit(pool, [(lambda: None, -1, -1)]).result()  # cannot be sent to a worker
+        with pytest.raises(TypeError, match="cannot be sent"):
+            pool.submit(table([(samples.paths[0], -1, -1)]), np.arange(1), (Unsendable(),)).result()
         assert not submit(pool, [(samples.paths[0], -1, -1)]).result().reasons  # still serving
     finally:
         pool.close()
@@ -269,7 +306,9 @@ def test_workers_run_this_dalaug_whatever_the_working_directory_holds(photo_fold
         from dalaug.reading import workers
         from dalaug.reading.sources import resolve_source
         samples = resolve_source({str(photo_folder)!r})
-        print(workers.pool(1).submit([samples.paths[0]], [-1], [-1]).result().reasons)
+        columns = samples.offsets, samples.sizes, samples.labels
+        table = workers.SampleTable(samples.paths, range(len(samples)), *columns)
+        print(workers.pool(1).submit(table, [0]).result().reasons)
     """, cwd=tmp_path)  # fmt: skip
     assert out.strip() == "{}"
 
@@ -280,7 +319,9 @@ def test_a_forked_child_reads_with_workers_of_its_own(photo_folder, tmp_path):
         from dalaug.reading import workers
         from dalaug.reading.sources import resolve_source
         samples = resolve_source({str(photo_folder)!r})
-        read = lambda: workers.pool(1).submit([samples.paths[0]], [-1], [-1]).result().reasons
+        columns = samples.offsets, samples.sizes, samples.labels
+        table = workers.SampleTable(samples.paths, range(len(samples)), *columns)
+        read = lambda: workers.pool(1).submit(table, [0]).result().reasons
         assert not read()
         child = os.fork()
         if child == 0:

@@ -41,7 +41,7 @@ MAX_AHEAD = 16  # batches read ahead of the one DALI asks for
 FETCH_AHEAD = 2
 
 
-Batch = tuple[TensorListCPU, np.ndarray]  # the buffer, and int64 (start, length, label) per sample
+Batch = tuple[TensorListCPU, TensorListCPU]  # the buffer, and int64 (start, length, label) per sample
 
 
 @dataclass
@@ -85,15 +85,13 @@ class BatchReader:
         # Enough batches ahead that every worker has one to read and one is waiting.
         self._ahead = min(MAX_AHEAD, max(2, workers + 1))
         self._reads: dict[Position, Read] = {}
+        self._table: read_workers.SampleTable | None = None  # for the workers, built on first use
         samples = feed.samples
         self._streamed = samples.streamed
-        # What a worker opens for each sample (one array: a batch's are picked in one step).
-        self._opens = np.array(samples.paths, dtype=object)
         if self._streamed:  # shards in a bucket: their cached copies, and those asked for ahead
             starts = samples.shard_starts
             self._shard_of = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
             self._fetch_names = [samples.location(int(start)) for start in starts[:-1]]
-            self._opens = np.array(self._fetch_names, dtype=object)[self._shard_of]
             self._asked: tuple[int, set[int]] = (-1, set())
 
     def restart(self, position: Position) -> None:
@@ -145,10 +143,9 @@ class BatchReader:
             self.feed.exclude(bad)
             self._drop_reads()
         # Every sample refers to the whole buffer (one object, where a view each costs Python
-        # per sample); the graph cuts sample i out as rows[i] = (start, length, label) say.
-        rows = np.empty((len(ids), 3), np.int64)
-        rows[:, 0], rows[:, 1], rows[:, 2] = chunk.starts, chunk.lengths, self.feed.samples.labels[ids]
-        batch = (TensorListCPU.broadcast(TensorCPU(chunk.memory), len(ids)), rows)
+        # per sample); the graph cuts sample i out as rows[i] = (start, length, label) say. Both
+        # as DALI's own TensorLists: DALI checks nothing more of them.
+        batch = (TensorListCPU.broadcast(TensorCPU(chunk.memory), len(ids)), TensorListCPU(chunk.rows))
         self.issued.append(Issued(position, ids, batch))
         self.cursor = self._after(position)
         self._read_ahead()
@@ -225,14 +222,24 @@ class BatchReader:
         worker process, which starts fetching the shards ``fetch`` first, or by this process's
         reading thread (``workers=0``)."""
         if self._workers:
-            samples, pool = self.feed.samples, read_workers.pool(self._workers)
-            return pool.submit(self._opens[ids].tolist(), samples.offsets[ids], samples.sizes[ids], fetch)
+            return read_workers.pool(self._workers).submit(self._table or self._make_table(), ids, fetch)
         if self._local is None:
             self._local = ThreadPoolExecutor(1, thread_name_prefix="dalaug-read")
         return self._local.submit(self._read_here, ids)
 
+    def _make_table(self) -> read_workers.SampleTable:
+        """What a worker opens for each sample: its file, or its shard's cached copy."""
+        samples = self.feed.samples
+        if self._streamed:
+            names, name_of = self._fetch_names, self._shard_of
+        else:
+            names, name_of = samples.paths, np.arange(len(samples))
+        self._table = read_workers.SampleTable(names, name_of, samples.offsets, samples.sizes, samples.labels)
+        return self._table
+
     def _read_here(self, ids: np.ndarray) -> read_workers.Chunk:
-        return read_workers.Chunk.gather([read_workers.read_checked(self.read_bytes, int(i)) for i in ids])
+        results = [read_workers.read_checked(self.read_bytes, int(i)) for i in ids]
+        return read_workers.Chunk.gather(results, self.feed.samples.labels[ids])
 
     def read_bytes(self, sample_id: int) -> np.ndarray:
         """Sample ``sample_id``'s bytes, when this process reads (``workers=0``)."""

@@ -8,12 +8,14 @@ on a 16-core H200 machine 16 of them held the loader near 8k img/s where DALI al
 Here each read runs in a worker process (a plain ``python -I`` running :func:`serve_fd`: nothing of
 the training script, torch or DALI is imported there), which reads a chunk of samples straight into a
 ``memfd`` buffer (anonymous shared memory, not limited by a container's small /dev/shm), checks
-them there and replies over a Unix socket with where each sample lies. This process maps each
+them there and replies over a Unix socket with where each sample lies. Where the samples lie (a
+:class:`SampleTable`: paths or shards, byte ranges) is written once into shared memory that each
+worker maps on its first task from it, so that a task is only the samples' ids. This process maps each
 buffer once (its descriptor comes with the first reply that uses it) and hands DALI the chunk as it
-lies there: no byte is copied or touched under the GIL. A task and its reply are a few strings and
-arrays whatever the number of samples (paths joined; offsets, sizes and places as int64 bytes):
-Python's work per sample in this process (tuples, a view and a DLPack conversion each) was most of
-the loader's cost to the training process (issue 28). When the last view of a chunk is gone (DALI
+lies there: no byte is copied or touched under the GIL. A task and its reply are a few arrays
+whatever the number of samples (ids, and places, as int64 bytes): Python's work per sample in this
+process (paths gathered and joined, tuples, a view and a DLPack conversion each) was most of the
+loader's cost to the training process (issue 28). When the last view of a chunk is gone (DALI
 has consumed the batch) the worker is told, on its next task, that it may fill that buffer again:
 pages are allocated once, not per chunk (a fresh memfd per chunk cost ~30 µs a file in page
 faults), and a worker keeps only two released buffers beyond those in flight.
@@ -35,7 +37,6 @@ import math
 import mmap
 import os
 import pickle
-import select
 import signal
 import socket
 import subprocess
@@ -43,6 +44,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,13 +53,13 @@ import numpy as np
 from dalaug.reading.integrity import check_encoded
 
 __all__ = [
-    "LATENCY_VARIABLE", "READS_IN_FLIGHT", "Chunk", "ReadPool", "pool", "read_checked", "read_file",
-    "serve_fd", "shutdown",
+    "LATENCY_VARIABLE", "READS_IN_FLIGHT", "Chunk", "ReadPool", "SampleTable", "pool", "read_checked",
+    "read_file", "serve_fd", "shutdown",
 ]  # fmt: skip
 
 Item = tuple[str, int, int]  # (path, offset, size): a whole file when offset is -1
 Result = tuple[np.ndarray | None, str | None]  # the bytes, or None and why not
-Task = tuple[list[str], np.ndarray, np.ndarray, tuple[str, ...]]  # paths, offsets, sizes, shards to fetch
+Task = tuple["SampleTable", np.ndarray, tuple[str, ...]]  # where samples lie, ids, shards to fetch
 # Largest message: a socket's default send buffer (~208 KiB) bounds one; a longer task or reply
 # goes in several (:func:`_send`).
 _MESSAGE = 1 << 17
@@ -119,33 +121,105 @@ def read_checked(read, *args) -> Result:
     return None, reason
 
 
+class SampleTable:
+    """Where the samples of a data set lie, for the workers: sample ``i`` is ``sizes[i]`` bytes at
+    ``offsets[i]`` of ``names[name_of[i]]`` (a path, or a shard's name in a bucket; the whole file
+    when the offset is -1), of class ``labels[i]``. Written once into a memfd that each worker maps
+    on its first task from this table: a task is then only the ids, and the reply the rows DALI
+    takes (gathering and joining paths, and composing rows, per batch cost the training process
+    ~0.5 µs a sample). Laid out as int64 ``[len(names), len(name_of)]``, ``name_of``, ``offsets``,
+    ``sizes``, ``labels``, then the names, UTF-8 (surrogates passed through) and NUL-separated."""
+
+    _serials = itertools.count()
+
+    def __init__(self, names: Sequence[str], name_of, offsets, sizes, labels) -> None:
+        self.names, self.name_of = names, np.asarray(name_of, np.int64)
+        blob = "\0".join(names).encode("utf-8", "surrogatepass")
+        header = [len(names), len(self.name_of)]
+        columns = np.concatenate([header, self.name_of, offsets, sizes, labels]).astype(np.int64)
+        self.serial = next(self._serials)
+        self.descriptor = os.memfd_create("dalaug-samples", os.MFD_CLOEXEC)
+        weakref.finalize(self, _drop_table, self.serial, self.descriptor)
+        with open(self.descriptor, "wb", closefd=False) as file:
+            file.write(columns.tobytes())
+            file.write(blob)
+
+    def name(self, sample_id: int) -> str:
+        return self.names[self.name_of[sample_id]]
+
+
+# Tables no longer used: each worker that mapped one is told on its next task, and lets it go.
+_dropped_tables: set[int] = set()
+
+
+def _drop_table(serial: int, descriptor: int) -> None:
+    _dropped_tables.add(serial)
+    os.close(descriptor)
+
+
+class _MappedTable:
+    """A :class:`SampleTable` as a worker sees it."""
+
+    def __init__(self, descriptor: int) -> None:
+        try:
+            self.memory = mmap.mmap(descriptor, 0, prot=mmap.PROT_READ)
+        finally:
+            os.close(descriptor)
+        names, samples = np.frombuffer(self.memory, np.int64, 2)
+        columns = np.frombuffer(self.memory, np.int64, 4 * samples, 16).reshape(4, samples)
+        self.name_of, self.offsets, self.sizes, self.labels = columns
+        blob_start = 16 + 32 * int(samples)
+        blob = np.frombuffer(self.memory, np.uint8, offset=blob_start)
+        ends = np.flatnonzero(blob == 0)
+        self.bounds = blob_start + np.concatenate([[0], ends + 1, [len(blob) + 1]])[: int(names) + 1]
+
+    def items(self, ids: np.ndarray) -> list[Item]:
+        name_of, offsets, sizes = (c[ids].tolist() for c in (self.name_of, self.offsets, self.sizes))
+        names = {k: self.name(k) for k in set(name_of)}
+        return [(names[k], offset, size) for k, offset, size in zip(name_of, offsets, sizes, strict=True)]
+
+    def name(self, k: int) -> str:
+        return self.memory[self.bounds[k] : self.bounds[k + 1] - 1].decode("utf-8", "surrogatepass")
+
+
 @dataclasses.dataclass
 class Chunk:
-    """Samples read into one buffer, in order: sample ``i`` is ``memory[starts[i] : starts[i] +
-    lengths[i]]``, unless it failed its read or check (``reasons[i]`` says why; its start is -1)."""
+    """Samples read into one buffer, in order, and a row per sample (start, length, label):
+    sample ``i`` is ``memory[start : start + length]``, unless it failed its read or check
+    (``reasons[i]`` says why; its start is -1, its length 0)."""
 
     memory: np.ndarray  # uint8; a worker's buffer, which it fills again once no view of it is left
-    starts: np.ndarray  # int64
-    lengths: np.ndarray  # int64
+    rows: np.ndarray  # int64, (samples, 3)
     reasons: dict[int, str]
 
     def __len__(self) -> int:
-        return len(self.starts)
+        return len(self.rows)
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self.rows[:, 0]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.rows[:, 1]
 
     def sample(self, i: int) -> np.ndarray | None:
         """Sample ``i``'s bytes (a view), or None if it failed."""
-        start = int(self.starts[i])
-        return None if start < 0 else self.memory[start : start + int(self.lengths[i])]
+        start, length, _ = self.rows[i].tolist()
+        return None if start < 0 else self.memory[start : start + length]
 
     @classmethod
-    def gather(cls, results: list[Result]) -> Chunk:
-        """The samples ``results`` (each its bytes, or None and why not), copied into one buffer."""
-        lengths = np.array([0 if data is None else data.size for data, _ in results], np.int64)
-        starts = np.cumsum(lengths) - lengths
+    def gather(cls, results: list[Result], labels: np.ndarray) -> Chunk:
+        """The samples ``results`` (each its bytes, or None and why not) of classes ``labels``,
+        copied into one buffer."""
+        rows = np.empty((len(results), 3), np.int64)
+        rows[:, 1] = [0 if data is None else data.size for data, _ in results]
+        rows[:, 0] = np.cumsum(rows[:, 1]) - rows[:, 1]
+        rows[:, 2] = labels
         reasons = {i: reason for i, (data, reason) in enumerate(results) if data is None}
-        starts[list(reasons)] = -1
+        rows[list(reasons), 0] = -1
         kept = [data for data, _ in results if data is not None]
-        return cls(np.concatenate(kept) if kept else np.empty(0, np.uint8), starts, lengths, reasons)
+        return cls(np.concatenate(kept) if kept else np.empty(0, np.uint8), rows, reasons)
 
 
 def _send(connection: socket.socket, payload: bytes, descriptors: list[int] = ()) -> None:
@@ -212,34 +286,35 @@ class _Worker:
         self.socket = ours
         self.buffers: dict[int, mmap.mmap] = {}  # the worker's buffers, mapped here too
         self.freed: collections.deque[int] = collections.deque()  # buffers to tell the worker of
+        self.tables: set[int] = set()  # the sample tables the worker has mapped
 
     def send(self, task: Task) -> None:
         """Give the worker ``task`` (it starts fetching the task's shards first, then reads)."""
-        paths, offsets, sizes, fetch = task
-        freed = [self.freed.popleft() for _ in range(len(self.freed))]
-        offsets, sizes = (np.asarray(column, np.int64).tobytes() for column in (offsets, sizes))
-        message = pickle.dumps(("\0".join(paths), offsets, sizes, freed, fetch), pickle.HIGHEST_PROTOCOL)
-        _send(self.socket, message)
-
-    def ready(self) -> bool:
-        """Whether a reply has come (receiving it would not wait)."""
-        return bool(select.select([self.socket], [], [], 0)[0])
+        table, ids, fetch = task
+        freed, dropped = list(self.freed), self.tables & _dropped_tables
+        ids = np.asarray(ids, np.int64).tobytes()
+        message = pickle.dumps((table.serial, ids, freed, fetch, dropped), pickle.HIGHEST_PROTOCOL)
+        _send(self.socket, message, [] if table.serial in self.tables else [table.descriptor])
+        for _ in freed:  # told: only now (a task that could not be sent told nothing)
+            self.freed.popleft()
+        self.tables = self.tables - dropped | {table.serial}
 
     def receive(self, task: Task) -> Chunk:
         """The reply to ``task``, the oldest task sent and not yet answered."""
         try:
             message, descriptors = _receive(self.socket)
         except TimeoutError as error:
+            table, ids, _ = task
             raise TimeoutError(
-                f"dalaug read worker {self.process.pid} has not read {len(task[0])} samples from "
-                f"{task[0][0]} on in {_REPLY_TIMEOUT:.0f} s: is the storage answering?"
+                f"dalaug read worker {self.process.pid} has not read {len(ids)} samples from "
+                f"{table.name(ids[0])} on in {_REPLY_TIMEOUT:.0f} s: is the storage answering?"
             ) from error
         if not message:
             raise ConnectionError(
                 f"dalaug read worker {self.process.pid} exited (code {self.process.poll()}; its error, "
                 "if any, is on stderr); io_workers=0 reads in this process instead"
             )
-        buffer, capacity, size, places, reasons, dropped = pickle.loads(message)
+        buffer, capacity, size, rows, reasons, dropped = pickle.loads(message)
         for name in dropped:  # released by us, let go by the worker: no view of it is left
             del self.buffers[name]
         if descriptors:  # a buffer new to us, or grown: map it (once; it is reused after)
@@ -247,14 +322,14 @@ class _Worker:
                 self.buffers[buffer] = mmap.mmap(descriptors[0], capacity)
             finally:
                 os.close(descriptors[0])
-        starts, lengths = np.frombuffer(places, np.int64).reshape(2, -1)
+        rows = np.frombuffer(rows, np.int64).reshape(-1, 3)
         if size == 0:  # every sample failed
             self.freed.append(buffer)
-            return Chunk(np.empty(0, np.uint8), starts, lengths, reasons)
+            return Chunk(np.empty(0, np.uint8), rows, reasons)
         memory = np.frombuffer(self.buffers[buffer], np.uint8, size)
         # The worker may reuse the buffer once the last view of this chunk is gone (DALI is done).
         weakref.finalize(memory, self.freed.append, buffer)
-        return Chunk(memory, starts, lengths, reasons)
+        return Chunk(memory, rows, reasons)
 
     def close(self, kill: bool = False) -> None:
         """Let the worker end (it reads end-of-file), or kill it: one that failed may hang."""
@@ -305,7 +380,6 @@ class _Slot:
 
     def give(self, pending: Pending) -> None:
         with self.lock:
-            self._collect(block=False)  # replies already here: their buffers may be reused sooner
             self._send(pending)
 
     def wait(self, pending: Pending) -> None:
@@ -314,7 +388,7 @@ class _Slot:
                 if pending not in self.sent:  # cancelled and dropped with its worker
                     pending.error = LookupError("this chunk was cancelled")
                     break
-                self._collect(block=True)
+                self._collect()
 
     def _send(self, pending: Pending) -> None:
         pending.attempts += 1
@@ -330,10 +404,8 @@ class _Slot:
             return
         self.sent.append(pending)
 
-    def _collect(self, block: bool) -> None:
-        """Receive the oldest reply (if it has come, unless ``block``)."""
-        if not self.sent or not block and not self.worker.ready():
-            return
+    def _collect(self) -> None:
+        """Receive the oldest reply."""
         oldest = self.sent[0]
         try:
             chunk = self.worker.receive(oldest.task)
@@ -385,13 +457,13 @@ class ReadPool:
             while len(self._slots) < workers:
                 self._slots.append(_Slot())
 
-    def submit(self, paths: list[str], offsets, sizes, fetch: tuple[str, ...] = ()) -> Pending:
-        """The samples ``sizes[i]`` bytes at ``offsets[i]`` of ``paths[i]`` (the whole file when
-        the offset is -1), to be read and checked into a :class:`Chunk`; the worker that takes
-        them starts fetching the shards ``fetch`` first (:func:`dalaug.reading.storage.prefetch`)."""
+    def submit(self, table: SampleTable, ids: np.ndarray, fetch: tuple[str, ...] = ()) -> Pending:
+        """The samples ``ids`` of ``table``, to be read and checked into a :class:`Chunk`; the
+        worker that takes them starts fetching the shards ``fetch`` first
+        (:func:`dalaug.reading.storage.prefetch`)."""
         turn = next(self._turns) % len(self._slots)  # among the least busy, each in turn
         slot = min(self._slots[turn:] + self._slots[:turn], key=lambda slot: len(slot.sent))
-        pending = Pending(slot, (paths, offsets, sizes, fetch))
+        pending = Pending(slot, (table, ids, fetch))
         slot.give(pending)
         return pending
 
@@ -631,16 +703,21 @@ def _spread(work, count: int, threads: ThreadPoolExecutor, wide: bool = False) -
 def _serve(connection: socket.socket) -> None:
     buffers, latency = _Buffers(), float(os.environ.get(LATENCY_VARIABLE, 0))
     threads = ThreadPoolExecutor(READS_IN_FLIGHT, thread_name_prefix="dalaug-worker-read")
+    tables: dict[int, _MappedTable] = {}
     while True:
         try:
-            message, _ = _receive(connection)
+            message, descriptors = _receive(connection)
         except ConnectionResetError:  # closed with replies it had not read (chunks dropped)
             return
         if not message:
             return  # the loader's process closed the socket, or is gone
-        paths, offsets, sizes, freed, fetch = pickle.loads(message)
-        offsets, sizes = np.frombuffer(offsets, np.int64).tolist(), np.frombuffer(sizes, np.int64).tolist()
-        items = list(zip(paths.split("\0") if offsets else [], offsets, sizes, strict=True))
+        serial, ids, freed, fetch, dropped_tables = pickle.loads(message)
+        for gone in dropped_tables:
+            del tables[gone]  # unmapped once the last of its arrays is gone
+        if descriptors:  # the first task from this table
+            tables[serial] = _MappedTable(descriptors[0])
+        table, ids = tables[serial], np.frombuffer(ids, np.int64)
+        items = table.items(ids)
         if fetch:
             from dalaug.reading import storage
 
@@ -649,10 +726,11 @@ def _serve(connection: socket.socket) -> None:
         buffer, size, places = _read_chunk(items, buffers, threads, latency)
         memfd, memory = buffers.memory[buffer]
         reasons = {i: place[1] for i, place in enumerate(places) if place[0] is None}
-        starts = [-1 if start is None else start for start, _ in places]
-        lengths = [0 if start is None else length for start, length in places]
-        columns = np.array([starts, lengths], np.int64)
-        reply = (buffer, len(memory), size, columns.tobytes(), reasons, dropped)
+        rows = np.empty((len(places), 3), np.int64)  # as DALI takes them: start, length, label
+        rows[:, 0] = [-1 if start is None else start for start, _ in places]
+        rows[:, 1] = [0 if start is None else length for start, length in places]
+        rows[:, 2] = table.labels[ids]
+        reply = (buffer, len(memory), size, rows.tobytes(), reasons, dropped)
         reply = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
         fresh = buffer in buffers.fresh
         buffers.fresh.discard(buffer)
