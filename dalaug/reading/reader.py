@@ -46,10 +46,11 @@ Batch = tuple[TensorListCPU, TensorListCPU]  # the buffer, and int64 (start, len
 
 @dataclass
 class Read:
-    """A batch being read: its sample ids and the Future of their :class:`~dalaug.reading.workers.Chunk`."""
+    """A batch being read: its sample ids and the read of their :class:`~dalaug.reading.workers.Chunk`
+    (a worker's :class:`~dalaug.reading.workers.Pending`, or this process's reading thread's Future)."""
 
     ids: np.ndarray
-    chunk: Future
+    chunk: read_workers.Pending | Future
 
     def cancel(self) -> None:
         self.chunk.cancel()  # a chunk already being read finishes; its result is dropped
@@ -82,7 +83,7 @@ class BatchReader:
         self.found_bad: dict[int, str] = {}  # sample id -> reason, for the loader to report
         self._workers = workers
         self._local: ThreadPoolExecutor | None = None  # the reading thread when workers == 0
-        # Enough batches ahead that every worker has one to read and one is waiting.
+        # Enough batches ahead that every worker has one to read and one more is waiting.
         self._ahead = min(MAX_AHEAD, max(2, workers + 1))
         self._reads: dict[Position, Read] = {}
         self._table: read_workers.SampleTable | None = None  # for the workers, built on first use
@@ -217,8 +218,8 @@ class BatchReader:
         ids = self.feed.batch_ids(*position)
         return Read(ids, self._read(ids, self._to_fetch(position)))
 
-    def _read(self, ids: np.ndarray, fetch: tuple[str, ...] = ()) -> Future:
-        """A Future of the :class:`~dalaug.reading.workers.Chunk` of samples ``ids``: read by a
+    def _read(self, ids: np.ndarray, fetch: tuple[str, ...] = ()) -> read_workers.Pending | Future:
+        """The read of the :class:`~dalaug.reading.workers.Chunk` of samples ``ids``: by a
         worker process, which starts fetching the shards ``fetch`` first, or by this process's
         reading thread (``workers=0``)."""
         if self._workers:

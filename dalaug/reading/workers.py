@@ -174,12 +174,13 @@ class _MappedTable:
         self.bounds = blob_start + np.concatenate([[0], ends + 1, [len(blob) + 1]])[: int(names) + 1]
 
     def items(self, ids: np.ndarray) -> list[Item]:
-        name_of, offsets, sizes = (c[ids].tolist() for c in (self.name_of, self.offsets, self.sizes))
-        names = {k: self.name(k) for k in set(name_of)}
-        return [(names[k], offset, size) for k, offset, size in zip(name_of, offsets, sizes, strict=True)]
-
-    def name(self, k: int) -> str:
-        return self.memory[self.bounds[k] : self.bounds[k + 1] - 1].decode("utf-8", "surrogatepass")
+        """What to read for samples ``ids``: (name, offset, size) each."""
+        name_of = self.name_of[ids]
+        starts, ends = self.bounds[name_of].tolist(), (self.bounds[name_of + 1] - 1).tolist()
+        names = {start: self.memory[start:end].decode("utf-8", "surrogatepass")
+                 for start, end in zip(starts, ends, strict=True)}  # fmt: skip
+        offsets, sizes = self.offsets[ids].tolist(), self.sizes[ids].tolist()
+        return [(names[start], *place) for start, *place in zip(starts, offsets, sizes, strict=True)]
 
 
 @dataclasses.dataclass
