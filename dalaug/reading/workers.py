@@ -8,20 +8,20 @@ on a 16-core H200 machine 16 of them held the loader near 8k img/s where DALI al
 Here each read runs in a worker process (a plain ``python -I`` running :func:`serve_fd`: nothing of
 the training script, torch or DALI is imported there), which reads a chunk of samples straight into a
 ``memfd`` buffer (anonymous shared memory, not limited by a container's small /dev/shm), checks
-them there and replies over a Unix socket with where each sample lies. Where the samples lie (a
-:class:`SampleTable`: paths or shards, byte ranges) is written once into shared memory that each
-worker maps on its first task from it, so that a task is only the samples' ids. This process maps each
+them there and replies over a Unix socket with where each sample lies. Where the samples are (a
+:class:`SampleTable`: paths or shards, byte ranges, labels) is written once into shared memory that
+each worker maps on its first task from it, so that a task is only the samples' ids. This process maps each
 buffer once (its descriptor comes with the first reply that uses it) and hands DALI the chunk as it
 lies there: no byte is copied or touched under the GIL. A task and its reply are a few arrays
-whatever the number of samples (ids, and places, as int64 bytes): Python's work per sample in this
-process (paths gathered and joined, tuples, a view and a DLPack conversion each) was most of the
-loader's cost to the training process (issue 28). When the last view of a chunk is gone (DALI
+whatever the number of samples (ids, and the rows DALI takes, as int64 bytes): Python's work per
+sample in this process (paths gathered and joined, tuples, a view and a DLPack conversion each) was
+most of the loader's cost to the training process (issue 28). When the last view of a chunk is gone (DALI
 has consumed the batch) the worker is told, on its next task, that it may fill that buffer again:
 pages are allocated once, not per chunk (a fresh memfd per chunk cost ~30 µs a file in page
-faults), and a worker keeps only two released buffers beyond those in flight.
+faults), and a worker keeps only ``_KEEP_FREE`` released buffers beyond those in flight.
 
-The workers are shared by every loader of the process (stateless: a task names paths and byte
-ranges) and started on first use. No thread of this process waits on them: a task is sent by the
+The workers are shared by every loader of the process (a task names its table) and started on
+first use. No thread of this process waits on them: a task is sent by the
 thread that asks for it and its reply received by the thread that needs it (:class:`_Slot`). Each
 worker reads up to ``READS_IN_FLIGHT`` files of its chunk at once, so that network storage's
 latency is paid by many reads together.
