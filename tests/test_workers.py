@@ -69,8 +69,9 @@ def test_a_chunk_is_read_into_shared_memory_and_bad_samples_are_named(photo_fold
     assert got[2] == (None, "cannot read: No such file or directory")
     assert got[3] == (None, "not an image (starts with 'not a pi')")
     # One buffer, the samples in order; a bad one has no place (start -1) and no length.
-    assert chunk.starts[[1, 2, 3]].tolist() == [-1] * 3 and chunk.lengths[[1, 2, 3]].tolist() == [0] * 3
-    assert 0 == chunk.starts[0] < chunk.starts[4] and chunk.starts[4] + got[4][0].size <= chunk.memory.size
+    starts, lengths = chunk.rows[:, 0], chunk.rows[:, 1]
+    assert starts[[1, 2, 3]].tolist() == [-1] * 3 and lengths[[1, 2, 3]].tolist() == [0] * 3
+    assert 0 == starts[0] < starts[4] and starts[4] + got[4][0].size <= chunk.memory.size
     assert chunk.rows[:, 2].tolist() == [0, 1, 2, 3, 4]  # each sample's label, from the table
 
 

@@ -196,14 +196,6 @@ class Chunk:
     def __len__(self) -> int:
         return len(self.rows)
 
-    @property
-    def starts(self) -> np.ndarray:
-        return self.rows[:, 0]
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return self.rows[:, 1]
-
     def sample(self, i: int) -> np.ndarray | None:
         """Sample ``i``'s bytes (a view), or None if it failed."""
         start, length, _ = self.rows[i].tolist()
