@@ -9,10 +9,10 @@ they come out. Which samples make a position is :class:`~dalaug.feed.EpochFeed`'
 
 File reads run ahead of the cursor in worker processes (:mod:`dalaug.reading.workers`), never under this
 process's GIL and never on the thread that iterates the loader (the one DALI calls the source
-from): a network file system's latency is paid by many reads at once. One worker reads a whole
-batch into one shared buffer, and DALI is handed that buffer as every sample of the batch, with
-each sample's start and length beside it: the pipeline cuts the samples out (``fn.slice``, in
-DALI's threads). Handing DALI a view per sample cost this process ~1.3 µs of Python each (the
+from): a network file system's latency is paid by many reads at once. One worker reads a task
+of whole batches (about ``TASK_SAMPLES`` samples) into one shared buffer, and DALI is handed that
+buffer as every sample of each of its batches, with each sample's start and length beside it:
+the pipeline cuts the samples out (``fn.slice``, in DALI's threads). Handing DALI a view per sample cost this process ~1.3 µs of Python each (the
 view, its DLPack conversion, freeing it), more than the rest of the loader's Python together.
 Each sample's bytes are checked before DALI sees them
 (:func:`~dalaug.reading.integrity.check_encoded`): DALI 2.4 can crash the process on bytes it cannot decode
@@ -36,7 +36,12 @@ from dalaug.reading import workers as read_workers
 from dalaug.reading.storage import UNFETCHED
 
 Position = tuple[int, int]  # (epoch, iteration)
-MAX_AHEAD = 16  # batches read ahead of the one DALI asks for
+# Samples a worker's task reads, in whole batches (one at least). A task costs the training process
+# ~100 µs of Python (a message each way, its objects and their freeing, with cold caches): one
+# task per batch of 256 was a third more Python per image than DALI's readers.file (issue 28). The
+# first task after a jump reads one batch, so that the first batch comes as soon as before.
+TASK_SAMPLES = 1024
+MAX_TASKS_AHEAD = 8  # tasks read ahead of the batch DALI asks for (~110 MB each for ImageNet)
 # Shards of a bucket asked for ahead of the cursor: the shuffle's window now and the next one.
 FETCH_AHEAD = 2
 
@@ -46,11 +51,16 @@ Batch = tuple[TensorListCPU, TensorListCPU]  # the buffer, and int64 (start, len
 
 @dataclass
 class Read:
-    """A batch being read: its sample ids and the read of their :class:`~dalaug.reading.workers.Chunk`
-    (a worker's :class:`~dalaug.reading.workers.Pending`, or this process's reading thread's Future)."""
+    """Consecutive batches read together (one task, one buffer): their positions, their samples'
+    ids (batch ``k`` is ``ids[bounds[k] : bounds[k + 1]]``) and the read of their
+    :class:`~dalaug.reading.workers.Chunk` (a worker's :class:`~dalaug.reading.workers.Pending`,
+    or this process's reading thread's Future)."""
 
+    positions: list[Position]
     ids: np.ndarray
+    bounds: list[int]
     chunk: read_workers.Pending | Future
+    memory: TensorCPU | None = None  # the chunk's buffer as DALI takes it, made once for its batches
 
     def cancel(self) -> None:
         self.chunk.cancel()  # a chunk already being read finishes; its result is dropped
@@ -83,9 +93,14 @@ class BatchReader:
         self.found_bad: dict[int, str] = {}  # sample id -> reason, for the loader to report
         self._workers = workers
         self._local: ThreadPoolExecutor | None = None  # the reading thread when workers == 0
-        # Enough batches ahead that every worker has one to read and one more is waiting.
-        self._ahead = min(MAX_AHEAD, max(2, workers + 1))
-        self._reads: dict[Position, Read] = {}
+        # Enough tasks ahead that every worker has one to read and one more is waiting; a task
+        # reads up to TASK_SAMPLES samples, fewer where the tasks ahead would span more than an
+        # epoch (a small data set is not read epochs ahead).
+        tasks = min(MAX_TASKS_AHEAD, max(2, workers + 1))
+        self._group = max(1, min(TASK_SAMPLES // feed.batch_size, feed.num_batches() // tasks))
+        self._ahead = self._group * tasks  # batches
+        self._reads: dict[Position, Read] = {}  # each batch's read (a task reads several)
+        self._next_read: Position = (0, 0)  # the first position after those being read
         self._table: read_workers.SampleTable | None = None  # for the workers, built on first use
         samples = feed.samples
         self._streamed = samples.streamed
@@ -133,21 +148,29 @@ class BatchReader:
                     + (f", e.g. {named[0]}" if named else "") + "; find them all with `dalaug verify`"
                 )
             position = self.in_stream(position)
-            read = self._reads.pop(position, None) or self._submit(position)
-            ids, chunk = read.ids, read.chunk.result()
+            if position not in self._reads:  # the first batch, a jump, or files left out: read from here
+                self._drop_reads()
+                self._submit(position, 1)
+                self._read_ahead()
+            read = self._reads.pop(position)
+            chunk = read.chunk.result()
             if not chunk.reasons:
                 break
             # Left out from here on; the batch takes the next samples of the shard instead, and
-            # the batches read ahead are read again (their samples have moved up by one).
-            bad = self._whole_shards({int(ids[i]): reason for i, reason in chunk.reasons.items()})
+            # the batches read ahead are read again (their samples have moved up).
+            bad = self._whole_shards({int(read.ids[i]): reason for i, reason in chunk.reasons.items()})
             self.found_bad.update(bad)
             self.feed.exclude(bad)
             self._drop_reads()
         # Every sample refers to the whole buffer (one object, where a view each costs Python
         # per sample); the graph cuts sample i out as rows[i] = (start, length, label) say. Both
         # as DALI's own TensorLists: DALI checks nothing more of them.
-        batch = (TensorListCPU.broadcast(TensorCPU(chunk.memory), len(ids)), TensorListCPU(chunk.rows))
-        self.issued.append(Issued(position, ids, batch))
+        k = read.positions.index(position)
+        start, end = read.bounds[k], read.bounds[k + 1]
+        if read.memory is None:
+            read.memory = TensorCPU(chunk.memory)
+        batch = (TensorListCPU.broadcast(read.memory, end - start), TensorListCPU(chunk.rows[start:end]))
+        self.issued.append(Issued(position, read.ids[start:end], batch))
         self.cursor = self._after(position)
         self._read_ahead()
         return batch
@@ -187,11 +210,9 @@ class BatchReader:
         return failed
 
     def _read_ahead(self) -> None:
-        position = self.cursor
-        for _ in range(self._ahead):
-            if position not in self._reads:
-                self._reads[position] = self._submit(position)
-            position = self._after(position)
+        """Have the ``_ahead`` batches from the cursor on being read, ``_group`` to a task."""
+        while len(self._reads) < self._ahead:
+            self._submit(self._next_read, self._group)
 
     def _to_fetch(self, position: Position) -> tuple[str, ...]:
         """The shards of a bucket the samples after ``position`` come from, up to ``FETCH_AHEAD``
@@ -214,9 +235,17 @@ class BatchReader:
         self._asked[1].update(new)
         return tuple(self._fetch_names[s] for s in new)
 
-    def _submit(self, position: Position) -> Read:
-        ids = self.feed.batch_ids(*position)
-        return Read(ids, self._read(ids, self._to_fetch(position)))
+    def _submit(self, first: Position, count: int) -> None:
+        """Read the ``count`` batches from ``first`` on as one task."""
+        positions = [first]
+        while len(positions) < count:
+            positions.append(self._after(positions[-1]))
+        batches = [self.feed.batch_ids(*position) for position in positions]
+        ids = np.concatenate(batches)
+        bounds = np.cumsum([0] + [len(batch) for batch in batches]).tolist()
+        read = Read(positions, ids, bounds, self._read(ids, self._to_fetch(first)))
+        self._reads.update(dict.fromkeys(positions, read))
+        self._next_read = self._after(positions[-1])
 
     def _read(self, ids: np.ndarray, fetch: tuple[str, ...] = ()) -> read_workers.Pending | Future:
         """The read of the :class:`~dalaug.reading.workers.Chunk` of samples ``ids``: by a
