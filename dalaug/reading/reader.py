@@ -12,8 +12,9 @@ process's GIL and never on the thread that iterates the loader (the one DALI cal
 from): a network file system's latency is paid by many reads at once. One worker reads a task
 of whole batches (about ``TASK_SAMPLES`` samples) into one shared buffer, and DALI is handed that
 buffer as every sample of each of its batches, with each sample's start and length beside it:
-the pipeline cuts the samples out (``fn.slice``, in DALI's threads). Handing DALI a view per sample cost this process ~1.3 µs of Python each (the
-view, its DLPack conversion, freeing it), more than the rest of the loader's Python together.
+the pipeline cuts the samples out (``fn.slice``, in DALI's threads). Handing DALI a view per
+sample cost this process ~1.3 µs of Python each (the view, its DLPack conversion, freeing it),
+more than the rest of the loader's Python together.
 Each sample's bytes are checked before DALI sees them
 (:func:`~dalaug.reading.integrity.check_encoded`): DALI 2.4 can crash the process on bytes it cannot decode
 (issue 18), so a missing, unreadable, empty, truncated or non-image file is named and left out here,
