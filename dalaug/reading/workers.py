@@ -64,8 +64,6 @@ Task = tuple["SampleTable", np.ndarray, tuple[str, ...]]  # where samples lie, i
 # goes in several (:func:`_send`).
 _MESSAGE = 1 << 17
 _SMALLEST_BUFFER = 1 << 20
-_INT = np.dtype(np.intc).itemsize
-_DESCRIPTOR_SPACE = socket.CMSG_SPACE(_INT)  # room for the one descriptor a message may bring
 # A worker that has not answered a chunk in this many seconds is taken for hung (storage that no
 # longer answers): it is replaced, and the chunk read once more before the loader raises.
 _REPLY_TIMEOUT = 600.0
@@ -229,21 +227,17 @@ def _send(connection: socket.socket, payload: bytes, descriptors: list[int] = ()
             connection.send(message)
 
 
-def _receive(connection: socket.socket, inbox: memoryview) -> tuple[bytes, list[int]]:
-    """What :func:`_send` sent (b"" once the other side has closed) and the descriptors with it,
-    received through ``inbox`` (``_MESSAGE`` bytes, kept by the caller: receiving into a fresh
-    128 KiB buffer, as ``socket.recv_fds`` does, maps and unmaps it each time, ~15 µs a message)."""
+def _receive(connection: socket.socket) -> tuple[bytes, list[int]]:
+    """What :func:`_send` sent (b"" once the other side has closed) and the descriptors with it."""
     parts, descriptors = [], []
     while True:
-        size, ancillary, _, _ = connection.recvmsg_into([inbox], _DESCRIPTOR_SPACE)
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                descriptors += np.frombuffer(data, np.intc, len(data) // _INT).tolist()
-        if not size:
+        message, received, _, _ = socket.recv_fds(connection, _MESSAGE, 1)
+        descriptors += received
+        if not message:
             return b"", descriptors
-        parts.append(bytes(inbox[1:size]))
-        if inbox[0] == ord("."):
-            return parts[0] if len(parts) == 1 else b"".join(parts), descriptors
+        parts.append(message[1:])
+        if message[:1] == b".":
+            return b"".join(parts), descriptors
 
 
 def _read_into(descriptor: int, buffer: memoryview, offset: int) -> int:
@@ -286,7 +280,6 @@ class _Worker:
         self.buffers: dict[int, mmap.mmap] = {}  # the worker's buffers, mapped here too
         self.freed: collections.deque[int] = collections.deque()  # buffers to tell the worker of
         self.tables: set[int] = set()  # the sample tables the worker has mapped
-        self.inbox = memoryview(bytearray(_MESSAGE))  # replies are received into it
 
     def send(self, task: Task) -> None:
         """Give the worker ``task`` (it starts fetching the task's shards first, then reads)."""
@@ -302,7 +295,7 @@ class _Worker:
     def receive(self, task: Task) -> Chunk:
         """The reply to ``task``, the oldest task sent and not yet answered."""
         try:
-            message, descriptors = _receive(self.socket, self.inbox)
+            message, descriptors = _receive(self.socket)
         except TimeoutError as error:
             table, ids, _ = task
             raise TimeoutError(
@@ -704,10 +697,9 @@ def _serve(connection: socket.socket) -> None:
     buffers, latency = _Buffers(), float(os.environ.get(LATENCY_VARIABLE, 0))
     threads = ThreadPoolExecutor(READS_IN_FLIGHT, thread_name_prefix="dalaug-worker-read")
     tables: dict[int, _MappedTable] = {}
-    inbox = memoryview(bytearray(_MESSAGE))
     while True:
         try:
-            message, descriptors = _receive(connection, inbox)
+            message, descriptors = _receive(connection)
         except ConnectionResetError:  # closed with replies it had not read (chunks dropped)
             return
         if not message:
