@@ -5,12 +5,12 @@ bytes to DALI; a plain DALI pipeline reads them in its ``fn.readers.file`` threa
 same graph on the CPU (``decoders.image_random_crop``, ``resize``, ``crop_mirror_normalize``) with
 the same number of DALI threads (dalaug's default: the cores this process may use).
 
-1. **The training process's Python CPU per image**, at batch 128 and 256 (small JPEGs, short side
-   128-160; crop 112): of the thread calling ``next()`` (``time.thread_time()``), and of every
-   Python thread of the process (each one's CPU clock; DALI's C++ threads are not Python threads).
-   On a GPU node the training thread is Python-bound: every µs of Python the loader runs in its
-   process is taken from it under the GIL. Targets: ``next()`` <= 1.5x plain DALI (issue 12),
-   every Python thread <= 1.2x (issue 28).
+1. **The training process's Python CPU per image**, at batch 128 and 256 (``--small-images``
+   small JPEGs, short side 128-160; crop 112): of the thread calling ``next()``
+   (``time.thread_time()``), and of every Python thread of the process (each one's CPU clock;
+   DALI's C++ threads are not Python threads). On a GPU node the training thread is
+   Python-bound: every µs of Python the loader runs in its process is taken from it under the
+   GIL. Targets: ``next()`` <= 1.5x plain DALI (issue 12), every Python thread <= 1.2x (issue 28).
 2. **Images/s to a GPU-bound consumer**, simulated by sleeping ``batch / 3000`` s after each batch
    (a ResNet-50 step on one H100 takes ~3,000 img/s), batch 256, on local files and with 1 ms added
    to every file read (network storage: dalaug's read workers wait 1 ms before each file,
@@ -19,17 +19,20 @@ the same number of DALI threads (dalaug's default: the cores this process may us
    no consumer at all (its decode ceiling), so that a shortfall can be told apart: I/O (1 ms below
    local) or decoding (local below 3,000), and dalaug's reader alone (read and check, no decoding)
    on local files and with 1 and 5 ms per read: the I/O ceiling. To keep decoding cheap enough for
-   3,000 img/s on few cores, this part uses small JPEGs (short side 128-160) and a 112 px crop.
+   3,000 img/s on few cores, this part uses the small JPEGs and a 112 px crop.
    Target: dalaug >= 2,700 img/s with 1 ms per read.
+   Parts 1 and 2 use 8,000 small JPEGs by default: dalaug's reader cuts its tasks (up to 1,024
+   samples) so that those ahead span at most an epoch, and fewer images would keep a batch of 256
+   a task alone, unlike the epochs of any real data set.
 3. **The feed ceiling**: images/s DALI receives from the reading path when it decodes nothing
-   (``peek_image_shape`` only), batch 256, the ImageNet-like JPEGs: dalaug's reader with its worker
-   processes (the default), with ``io_workers=0`` (one reading thread in this process) and DALI's
-   ``readers.file``. On a GPU the decoders reach ~27k img/s (an H200, 16 threads): a reading path
+   (``peek_image_shape`` only), batch 256, ``--images`` ImageNet-like JPEGs: dalaug's reader with
+   its worker processes (the default), with ``io_workers=0`` (one reading thread in this process)
+   and DALI's ``readers.file``. On a GPU the decoders reach ~27k img/s (an H200, 16 threads): a reading path
    that feeds less, or that holds the GIL the training loop needs, is what stalls the model.
 
-Each stream runs whole epochs back to back (one to warm up); the configurations alternate over
+Each stream runs one epoch to warm up, then the timed batches; the configurations alternate over
 ``--rounds`` and the table shows the median. Run: ``python -m benchmarks.bench_io [--images 2000]
-[--quick]`` (``--quick``: a few images, prints only).
+[--small-images 8000] [--quick]`` (``--quick``: a few images, prints only).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from benchmarks.bench_gpu import Batches, dali_batches, epochs_of, loader_defaul
 from benchmarks.report import machine, markdown_table, write_section
 from dalaug.graphs import encoded_samples
 from dalaug.reading import workers
+from dalaug.reading.reader import TASK_SAMPLES
 
 CONSUMER_RATE = 3000  # images/s the simulated training step takes
 READ_DELAY = 0.001  # seconds added to each file read in the "1 ms per read" rows
@@ -63,9 +67,9 @@ READER_ALONE = {
     "dalaug's reader alone, 5 ms per read": SLOW_READ_DELAY,
 }
 SMALL_CROP = 112
-# Epochs timed in part 1 after one to warm up: 2 epochs (14 batches of 256) moved the ratio by
-# ±15% from run to run on a shared 2-core machine; 6 is ~4 s a stream.
-CPU_TIMED_EPOCHS = 6
+# Images timed in part 1 after an epoch to warm up: 3,500 (14 batches of 256) moved the ratio by
+# ±15% from run to run on a shared 2-core machine; 12,000 is ~4 s a stream.
+CPU_TIMED_IMAGES = 12_000
 
 
 def dalaug_batches(root: Path, batch: int, crop: int, epochs: int) -> Batches:
@@ -144,7 +148,8 @@ def compare_python_cpu(root: Path, images: int, rounds: int, quick: bool) -> lis
     rows = []
     for batch in (128, 256) if not quick else (8, 16):
         per_epoch = images // batch
-        warmup, timed, epochs = per_epoch, CPU_TIMED_EPOCHS * per_epoch, CPU_TIMED_EPOCHS + 2
+        warmup, timed = per_epoch, per_epoch if quick else CPU_TIMED_IMAGES // batch
+        epochs = 2 + -(-timed // per_epoch)  # the warm-up epoch, the timed batches, one to spare
         runs: dict[str, list[tuple[float, float]]] = {"dalaug": [], "DALI": []}
         streams = {"dalaug": dalaug_batches, "DALI": plain_dali_batches}
         for _ in range(rounds):
@@ -266,24 +271,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs of each images/s stream")
+    parser.add_argument("--images", type=int, default=2000, help="ImageNet-like JPEGs (part 3)")
+    parser.add_argument("--small-images", type=int, default=8000, help="small JPEGs (parts 1 and 2)")
+    parser.add_argument("--epochs", type=int, default=1, help="timed epochs of each images/s stream")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of every comparison")
     parser.add_argument("--quick", action="store_true", help="a few images, to show that it runs")
     args = parser.parse_args()
     command = " ".join(["python -m benchmarks.bench_io", *sys.argv[1:]])
     batch = 256
     if args.quick:
-        args.images, args.epochs, args.rounds, batch = min(args.images, 64), 1, 1, 16
+        args.images, args.small_images, args.epochs, args.rounds, batch = 64, 64, 1, 1, 16
     started = time.perf_counter()
     photos = photo_folder(Path(f"data/bench-io-{args.images}"), args.images)
-    small = photo_folder(Path(f"data/bench-io-small-{args.images}"), args.images, short_side=(128, 160))
-    print(f"{machine()}; {args.images} JPEGs each in {photos} and {small}", flush=True)
+    small = photo_folder(
+        Path(f"data/bench-io-small-{args.small_images}"), args.small_images, short_side=(128, 160)
+    )
+    print(f"{machine()}; {args.images} JPEGs in {photos}, {args.small_images} small in {small}", flush=True)
 
     print(f"1. the training process's Python CPU per image, crop {SMALL_CROP}, small JPEGs", flush=True)
-    thread_rows = compare_python_cpu(small, args.images, args.rounds, args.quick)
+    thread_rows = compare_python_cpu(small, args.small_images, args.rounds, args.quick)
     print(f"2. images/s, batch {batch}, crop {SMALL_CROP}, small JPEGs", flush=True)
-    rates = compare_rates(small, args.images, batch, args.epochs, args.rounds)
+    rates = compare_rates(small, args.small_images, batch, args.epochs, args.rounds)
     print(f"3. feed ceiling, batch {batch}, no decoding", flush=True)
     feed_rows = compare_feeds(photos, batch, 8 if args.quick else 60, args.rounds)
 
@@ -326,14 +334,15 @@ def main() -> None:
         f"(image_random_crop, resize, crop_mirror_normalize), dalaug's default DALI threads.\n\n"
         f"The training process's Python CPU per image: of the thread calling `next()` "
         f"(`time.thread_time`), and of every Python thread of the process (each thread's CPU clock; "
-        f"DALI's C++ threads are not Python threads), {args.images} small JPEGs (short side "
-        f"128-160), crop {SMALL_CROP}, one warm-up epoch and {CPU_TIMED_EPOCHS} timed. Targets: `next()` "
+        f"DALI's C++ threads are not Python threads), {args.small_images:,} small JPEGs (short side "
+        f"128-160), crop {SMALL_CROP}, one warm-up epoch, then the batches the table names timed. "
+        f"dalaug's reader reads {TASK_SAMPLES:,} samples a task where the epoch allows. Targets: `next()` "
         f"<= 1.5x (issue 12), every Python thread <= 1.2x (issue 28).\n\n{thread_table}\n\n"
-        f"Images/s, batch {batch}, {args.images} small JPEGs (short side 128-160) and a "
+        f"Images/s, batch {batch}, the {args.small_images:,} small JPEGs and a "
         f"{SMALL_CROP} px crop so that decoding is cheap; one warm-up epoch, {args.epochs} timed; "
         f"the consumer sleeps batch/{CONSUMER_RATE} s after each batch.\n\n{rate_table}\n\n{limit}\n\n"
         f"The feed ceiling: images/s a DALI pipeline receives when it decodes nothing "
-        f"(`peek_image_shape`), batch {batch}, the ImageNet-like JPEGs, {threads} DALI "
+        f"(`peek_image_shape`), batch {batch}, {args.images:,} ImageNet-like JPEGs, {threads} DALI "
         f"threads. A GPU decodes ~27k img/s (H200, 16 threads): the reading path must feed more, "
         f"and leave the GIL to the training loop.\n\n{feed_table}\n"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import signal
 import subprocess
@@ -201,6 +202,27 @@ def test_dali_is_handed_the_bytes_where_the_workers_read_them(photo_folder):
         assert samples == [loader.samples.read(int(i)).tobytes() for i in ids]
         assert rows[:, 2].tolist() == loader.samples.labels[ids].tolist()
         assert rows[:, 0].tolist() == np.cumsum([0, *rows[:-1, 1]]).tolist()
+    finally:
+        reader.close()
+
+
+def test_a_task_reads_several_batches_into_one_buffer_and_the_first_after_a_jump_one(photo_folder):
+    # A task costs the training process a message each way and their Python: one a batch was a
+    # third more Python per image than DALI's readers.file (issue 28). The first batch after a
+    # jump is a task alone, so that it comes as soon as a batch can be read.
+    loader = dalaug.Loader(photo_folder, 4, train=True, crop=CROP, device="cpu", seed=0, io_workers=1)
+    reader, per_epoch = loader.reader, len(loader)  # 15 batches: 2 tasks ahead of 7 (half an epoch each)
+
+    def runs(count: int) -> list[int]:
+        """Lengths of the runs of consecutive batches handed over in one buffer."""
+        pointers = [reader(None)[0][0].data_ptr() for _ in range(count)]  # each kept (reader.issued)
+        return [len(list(run)) for _, run in itertools.groupby(pointers)]
+
+    try:
+        reader.restart((0, 0))
+        assert per_epoch == 15 and runs(15) == [1, 7, 7]
+        reader.seek((3, 5))
+        assert runs(8) == [1, 7] and reader.cursor == (3, 13)
     finally:
         reader.close()
 
