@@ -28,7 +28,15 @@ def _resnet18() -> nn.Module:
     return torchvision.models.resnet18(num_classes=NUM_CLASSES)
 
 
-MODELS = {"preact_resnet18": (_preact, "layers.1"), "resnet18": (_resnet18, "layer1")}
+def _preact_16() -> nn.Module:
+    # 16 channels at least before each strided 1x1 shortcut: torch 2.14's oneDNN writes past its
+    # workspace in a channels-last strided 1x1 convolution's backward with fewer input channels than
+    # its block (8 on AVX2, 16 on AVX-512; oneDNN issue 6035); on this project's AMD EPYC runners
+    # width 4 hung the suite in backward(), both OpenMP threads spinning.
+    return PreActResNet18(NUM_CLASSES, width=16)
+
+
+MODELS = {"preact_resnet18": (_preact_16, "layers.1"), "resnet18": (_resnet18, "layer1")}
 
 
 def _batch(device="cpu", dtype=torch.float32, batch: int = 8, size: int = 32, seed: int = 0):
