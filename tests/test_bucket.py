@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -114,6 +116,27 @@ def test_the_cache_keeps_to_its_limit_evicting_the_shards_used_longest_ago(bucke
     assert len(cached) == 2
     assert all(samples.read(i).size for i in range(IMAGES))  # fetched again where evicted
     assert len(list((storage.cache_root() / "shards").glob("*.tar"))) <= 2
+
+
+def test_a_shard_fetched_while_another_eviction_runs_is_counted(bucket, shards, monkeypatch):
+    # An eviction that found another under way used to give way to it; that one had scanned the
+    # cache before this shard was in place, and the cache stayed over its limit (4 of 2 shards).
+    monkeypatch.setenv(storage.CACHE_LIMIT_VARIABLE, str(2 * shards[0].stat().st_size + 100))
+    samples = resolve_source("s3://data/imagenet/train/")
+    names = [samples.location(int(start)) for start in samples.shard_starts[:-1]]
+    folder = storage.cache_root() / "shards"
+    for cached in folder.glob("*.tar"):
+        cached.unlink()
+    storage.fetch(names[0]), storage.fetch(names[1])
+    with storage._locked(folder / ".evict.lock"):  # another process evicting
+        late = threading.Thread(target=storage.fetch, args=(names[2],))
+        late.start()
+        deadline = time.monotonic() + 30
+        while not storage.cached_path(names[2]).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert storage.cached_path(names[2]).exists() and late.is_alive()  # its eviction waits
+    late.join(30)
+    assert sorted(folder.glob("*.tar")) == sorted(map(storage.cached_path, names[1:3]))
 
 
 def _bucket_keys(bucket) -> list[str]:

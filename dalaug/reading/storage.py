@@ -328,18 +328,13 @@ def cache_limit() -> int:
 
 
 @contextmanager
-def _locked(path: Path, blocking: bool = True):
-    """An exclusive lock on ``path`` (created), shared by every process of the machine; yields
-    whether it was taken (always, when ``blocking``)."""
+def _locked(path: Path):
+    """An exclusive lock on ``path`` (created), shared by every thread and process of the machine."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(descriptor)  # closing releases the lock
 
@@ -464,9 +459,9 @@ def _download(url: str, name: str, path: Path) -> None:
 def _evict(keep: Path) -> None:
     """Delete the shards used longest ago while the cache holds more than its limit."""
     folder = keep.parent
-    with _locked(folder / ".evict.lock", blocking=False) as taken:
-        if not taken:
-            return  # another process is at it
+    # One at a time, each after the shard it follows is in place: an eviction that gave way to one
+    # already scanning (as it once did) could leave the shard just fetched uncounted, over the limit.
+    with _locked(folder / ".evict.lock"):
         limit, files = cache_limit(), []
         with os.scandir(folder) as entries:
             for entry in entries:
