@@ -246,6 +246,7 @@ def main() -> None:
     if not args.no_write:
         write_section("bench_bucket", text)
     proxy.shutdown()
+    proxy.server_close()
     moto.stop()
     shutil.rmtree(work, ignore_errors=True)
 

@@ -44,6 +44,7 @@ def server(shards):
     servers.upload(f"http://{upstream[0]}:{upstream[1]}", "runs", shards[:1], prefix="imagenet/val/")
     yield proxy
     proxy.shutdown()
+    proxy.server_close()
     moto.stop()
 
 
@@ -166,6 +167,7 @@ def test_an_https_source_reads_through_range_requests(bucket, shards):
             resolve_source(f"{base}/")
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def test_two_processes_share_one_cache_and_fetch_each_shard_once(bucket, tmp_path):

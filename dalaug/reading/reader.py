@@ -146,7 +146,8 @@ class BatchReader:
                 named = [f"{self.feed.samples.name(i)}: {why}" for i, why in self.found_bad.items()]
                 raise ValueError(
                     "source: every sample of this rank's share of the data set turned out bad"
-                    + (f", e.g. {named[0]}" if named else "") + "; find them all with `dalaug verify`"
+                    + (f", e.g. {named[0]}" if named else "")
+                    + "; find them all with `dalaug verify`"
                 )
             position = self.in_stream(position)
             if position not in self._reads:  # the first batch, a jump, or files left out: read from here

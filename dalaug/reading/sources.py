@@ -297,4 +297,3 @@ def webdataset(shards: Sequence[str | Path], versions: Sequence[tuple[int, ...]]
         tuple(str(c) for c in range(int(labels.max()) + 1)),
         versions={str(shard): version for shard, version in zip(shards, versions, strict=True)},
     )  # fmt: skip
-

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dalaug.reading.storage import FETCHES, cache_root, fetch, is_url, item_name
+from dalaug.reading.storage import FETCHES, cache_root, is_url, item_name, open_shard
 
 IMAGE_EXTENSIONS = (b"jpg", b"jpeg", b"png", b"webp")
 LABEL_EXTENSION = b"cls"
@@ -116,9 +116,10 @@ def cached_index_file(shard: str | os.PathLike) -> Path:
     return root / "webdataset" / f"{digest}-{Path(real).name}{INDEX_SUFFIX}"
 
 
-def build_index(shard: str | os.PathLike, name: str | None = None) -> ShardIndex:
+def build_index(shard: str | os.PathLike | int, name: str | None = None) -> ShardIndex:
     """Read ``shard``'s tar headers (ustar, GNU long names, pax) and its ``.cls`` members; errors
-    call it ``name`` (default: its path; the URL of a cached shard)."""
+    call it ``name`` (default: its path; the URL of a cached shard). ``shard`` may be an open
+    descriptor (closed here)."""
     path, shard = shard, name or str(shard)
     with open(path, "rb") as file:
         if os.fstat(file.fileno()).st_size == 0:
@@ -323,8 +324,10 @@ def _build_remote(url: str, key: tuple[int, ...]) -> ShardIndex:
     index = _load(url, key)  # another rank may have built it meanwhile
     if index is not None:
         return index
-    local = fetch(item_name(url, key))
-    return _store_index(url, key, build_index(local, name=url))
+    # Opened as the read workers open a shard: the fetch threads indexing the others may evict
+    # this copy before it is read, under a small cache limit (it is then fetched again).
+    descriptor = open_shard(item_name(url, key))
+    return _store_index(url, key, build_index(descriptor, name=url))
 
 
 def _build_and_store(shard: Path, key: tuple[int, ...]) -> ShardIndex:
