@@ -128,7 +128,8 @@ def test_a_shard_fetched_while_another_eviction_runs_is_counted(bucket, shards, 
     folder = storage.cache_root() / "shards"
     for cached in folder.glob("*.tar"):
         cached.unlink()
-    storage.fetch(names[0]), storage.fetch(names[1])
+    for name in names[:2]:  # the cache full: the next shard must evict the first
+        storage.fetch(name)
     with storage._locked(folder / ".evict.lock"):  # another process evicting
         late = threading.Thread(target=storage.fetch, args=(names[2],))
         late.start()
